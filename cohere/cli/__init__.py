@@ -1,0 +1,52 @@
+"""The ``cohere`` command line, built in ``make_app()`` (no import-time side effects)."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from ..errors import CohereError
+
+HELP = """Generate a patient's missing data modality from the modalities they have.
+
+Worked example (the embedded simulated cohort, then your own):
+
+\b
+  cohere demo
+  cohere encoders train --all --cohort my_cohort/ --models models/
+  cohere encode --models models/ --cohort my_cohort/ --out latents.parquet
+"""
+
+
+def make_app() -> typer.Typer:
+    from . import demo, encoders
+
+    app = typer.Typer(help=HELP, no_args_is_help=True, add_completion=False,
+                      pretty_exceptions_enable=False, rich_markup_mode=None)
+    encoders.register(app)
+    demo.register(app)
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: user errors are one line on stderr and exit code 1."""
+    app = make_app()
+    try:
+        rc = app(args=argv, standalone_mode=False, prog_name="cohere")
+    except CohereError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        print("aborted", file=sys.stderr)
+        sys.exit(1)
+    except Exception as e:  # click usage errors
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise
+    sys.exit(rc if isinstance(rc, int) else 0)

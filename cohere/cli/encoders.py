@@ -1,0 +1,104 @@
+"""``cohere encoders train`` and ``cohere encode``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+import typer
+
+from ..cohort import atomic_write_table
+from ..encoders import load_encoder, make_encoder
+from ..errors import CohereError
+from ..plugins import get_modality
+from .common import parse_forms, read_cohort, resolve_form
+
+
+def encoder_dir(models: Path, modality: str) -> Path:
+    return models / "encoders" / modality
+
+
+def train(
+    cohort: Path = typer.Option(..., help="Cohort folder: one table per modality (+ clinical.csv, split.csv)."),
+    models: Path = typer.Option(..., help="Models folder; writes MODELS/encoders/<modality>/."),
+    modality: list[str] = typer.Option(None, "--modality", "-m", help="Modality to train (repeatable)."),
+    all_: bool = typer.Option(False, "--all", help="Train an encoder for every modality of the cohort."),
+    input_form: list[str] = typer.Option(None, help="MODALITY=FORM, e.g. cna=absolute (repeatable)."),
+    kind: Optional[str] = typer.Option(None, help="autoencoder or pca (default: the modality's)."),
+    max_epochs: int = typer.Option(300, help="Autoencoder epochs at most (early stopping on validation MSE)."),
+    seed: int = typer.Option(0, help="Random seed."),
+):
+    """Fit preprocessing + encoder on the training samples and save the artifact.
+
+    Example: cohere encoders train --cohort data/ --modality cna --models models/
+    """
+    if all_ == bool(modality):
+        raise CohereError("give either --modality M (repeatable) or --all")
+    if kind not in (None, "autoencoder", "pca"):
+        raise CohereError(f"--kind {kind!r}: expected autoencoder or pca")
+    c = read_cohort(cohort, None if all_ else list(modality), parse_forms(input_form))
+    train_ids, val_ids = c.ids_in("train", seed), c.ids_in("val", seed)
+    for m in c.modalities:
+        table = c.tables[m]
+        tr = table.loc[table.index.intersection(train_ids)]
+        va = table.loc[table.index.intersection(val_ids)]
+        form = resolve_form(c, m)
+        extra = {"max_epochs": max_epochs} if (kind or get_modality(m).encoder) == "autoencoder" else {}
+        typer.echo(f"{m}: fitting {kind or get_modality(m).encoder} on {len(tr)} training samples ...")
+        enc = make_encoder(get_modality(m), form, kind, seed=seed, **extra).fit(tr)
+        metrics = {"train_r2": round(enc.reconstruction_r2(tr), 4)}
+        if len(va):
+            metrics["val_r2"] = round(enc.reconstruction_r2(va), 4)
+        training = {"cohort": str(c.path.name if c.path else ""), "n_train": len(tr), "n_val": len(va),
+                    "seconds": round(enc.fit_seconds_, 1), "seed": seed,
+                    "description": f"{len(tr)} training samples of cohort '{c.path.name if c.path else ''}'; "
+                                   f"validation on {len(va)} held-out samples."}
+        if hasattr(enc, "epochs_"):
+            training["epochs"] = enc.epochs_
+        digest = enc.save(encoder_dir(models, m), metrics, training)
+        typer.echo(f"{m}: saved {encoder_dir(models, m)}  digest {digest[:12]}  "
+                   + "  ".join(f"{k}={v}" for k, v in metrics.items()))
+
+
+def encode(
+    models: Path = typer.Option(..., help="Models folder with encoders/<modality>/."),
+    cohort: Path = typer.Option(..., help="Cohort folder to encode."),
+    out: Path = typer.Option(..., help="Output table (.parquet, .csv or .tsv)."),
+    modality: list[str] = typer.Option(None, "--modality", "-m", help="Only these modalities."),
+):
+    """Encode every modality that has an encoder into standardised latents.
+
+    Columns are <modality>.z00 ... <modality>.z31; NaN where a sample lacks the modality.
+    Example: cohere encode --models models/ --cohort data/ --out latents.parquet
+    """
+    found = sorted(p.name for p in (models / "encoders").glob("*") if (p / "config.json").exists())
+    if not found:
+        raise CohereError(f"no encoders in {models / 'encoders'}; train them first with "
+                          f"'cohere encoders train --all --cohort DIR --models {models}'")
+    c = read_cohort(cohort, list(modality) if modality else None)
+    use = [m for m in c.modalities if m in found]
+    if not use:
+        raise CohereError(f"none of the cohort's modalities ({', '.join(c.modalities)}) has an "
+                          f"encoder in {models} (found: {', '.join(found)})")
+    parts = []
+    for m in use:
+        enc = load_encoder(encoder_dir(models, m))
+        form = enc.preprocessor_.form
+        if m in c.input_forms and c.input_forms[m] != form:
+            raise CohereError(f"{m}: the cohort says input form {c.input_forms[m]!r} but the encoder "
+                              f"was trained on {form!r}; re-train the encoder or convert the table")
+        z = enc.encode(c.tables[m])
+        z.columns = [f"{m}.{col}" for col in z.columns]
+        parts.append(z)
+        typer.echo(f"{m}: encoded {len(z)} samples with encoder {enc.digest[:12]}", err=True)
+    table = pd.concat(parts, axis=1).reindex(c.samples())
+    atomic_write_table(table, out)
+    typer.echo(f"wrote {out} ({table.shape[0]} samples x {table.shape[1]} latent columns)")
+
+
+def register(app: typer.Typer) -> None:
+    group = typer.Typer(help="Train and inspect modality encoders.", no_args_is_help=True)
+    group.command("train")(train)
+    app.add_typer(group, name="encoders")
+    app.command("encode")(encode)

@@ -1,0 +1,282 @@
+"""A cohort: one table per modality, plus optional clinical labels and a split.
+
+On disk a cohort is a folder::
+
+    cna.parquet | cna.csv | cna.tsv     rows = samples, first column (or index) = sample id
+    rnaseq.parquet ...                  one table per modality, named after the modality
+    clinical.csv                        optional: cancer_type, stage, os_time, os_event, ...
+    split.csv                           optional: split = train | val | test
+    cohort.json                         optional: {"input_forms": {"cna": "absolute", ...}}
+
+A sample lacks a modality when its row is absent from that table or entirely NaN.
+Everything read is validated; problems raise ``CohereError`` with one line that says what
+was expected and how to fix it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import CohereError
+
+TABLE_SUFFIXES = (".parquet", ".csv", ".tsv")
+RESERVED = {"clinical", "split"}
+SPLITS = ("train", "val", "test")
+
+
+# ---------------------------------------------------------------- reading one table
+
+
+def read_table(path: str | os.PathLike) -> pd.DataFrame:
+    """Read one modality table as float32, validated; all-NaN rows are dropped."""
+    path = Path(path)
+    try:
+        if path.suffix == ".parquet":
+            df = pd.read_parquet(path)
+            if isinstance(df.index, pd.RangeIndex) and df.index.name is None:
+                df = df.set_index(df.columns[0])
+        else:
+            df = pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",", index_col=0)
+    except (OSError, ValueError, ImportError) as e:
+        raise CohereError(f"{path.name}: cannot read the table ({e}); expected a "
+                          "Parquet/CSV/TSV file with sample ids in the first column") from None
+    return validate_table(df, path.name)
+
+
+def validate_table(df: pd.DataFrame, name: str) -> pd.DataFrame:
+    """Check ids, numbers and shape of a modality table; return it as float32."""
+    if df.shape[0] == 0 or df.shape[1] == 0:
+        raise CohereError(f"{name}: the table is empty ({df.shape[0]} rows x {df.shape[1]} "
+                          "feature columns); expected samples as rows and features as columns")
+    df = df.copy()
+    df.index = df.index.astype(str)
+    df.index.name = "sample"
+    df.columns = df.columns.astype(str)
+    dup = df.index[df.index.duplicated()]
+    if len(dup):
+        raise CohereError(f"{name}: duplicate sample id {dup[0]!r} ({len(dup)} duplicated); "
+                          "each sample must have one row")
+    dupc = df.columns[df.columns.duplicated()]
+    if len(dupc):
+        raise CohereError(f"{name}: duplicate feature column {dupc[0]!r}; column names must be unique")
+    for col in df.columns:
+        if not pd.api.types.is_numeric_dtype(df[col]):
+            conv = pd.to_numeric(df[col], errors="coerce")
+            bad = df[col][conv.isna() & df[col].notna()]
+            if len(bad):
+                raise CohereError(f"{name}: non-numeric value {bad.iloc[0]!r} in column {col!r} "
+                                  f"(sample {bad.index[0]!r}); expected numbers, with empty cells "
+                                  "or NaN for missing values")
+            df[col] = conv
+    values = df.to_numpy(dtype=np.float64)
+    inf = np.isinf(values)
+    if inf.any():
+        r, c = np.argwhere(inf)[0]
+        raise CohereError(f"{name}: infinite value in column {df.columns[c]!r} (sample "
+                          f"{df.index[r]!r}); replace +-inf by NaN (missing) or a finite value")
+    out = pd.DataFrame(values.astype(np.float32), index=df.index, columns=df.columns)
+    out = out[~np.isnan(values).all(axis=1)].sort_index()
+    if out.shape[0] == 0:
+        raise CohereError(f"{name}: every row is entirely missing; expected at least one measured sample")
+    return out
+
+
+def _read_clinical(path: Path) -> pd.DataFrame:
+    try:
+        df = pd.read_csv(path, index_col=0)
+    except (OSError, ValueError) as e:
+        raise CohereError(f"{path.name}: cannot read ({e}); expected a CSV with sample ids in "
+                          "the first column") from None
+    df.index = df.index.astype(str)
+    df.index.name = "sample"
+    if df.index.duplicated().any():
+        raise CohereError(f"{path.name}: duplicate sample id {df.index[df.index.duplicated()][0]!r}")
+    for col in ("os_time", "os_event", "age"):
+        if col in df and not pd.api.types.is_numeric_dtype(df[col]):
+            raise CohereError(f"{path.name}: column {col!r} must be numeric")
+    if "os_event" in df and not df["os_event"].dropna().isin([0, 1]).all():
+        raise CohereError(f"{path.name}: os_event must be 0 (censored) or 1 (event)")
+    return df
+
+
+# ---------------------------------------------------------------- the cohort
+
+
+@dataclass
+class Cohort:
+    """Per-modality tables (float32, rows = samples) plus optional clinical and split."""
+
+    tables: dict[str, pd.DataFrame]
+    clinical: pd.DataFrame | None = None
+    split: pd.Series | None = None
+    input_forms: dict[str, str] = field(default_factory=dict)
+    path: Path | None = None
+    ignored: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.tables:
+            raise CohereError("a cohort needs at least one modality table")
+        self.tables = {m: self.tables[m] for m in sorted(self.tables)}
+        if self.clinical is not None:
+            if not self.clinical.index.isin(self.samples()).any():
+                raise CohereError("clinical.csv: none of its sample ids matches a sample of the "
+                                  "modality tables; the first column must hold the same ids")
+        if self.split is not None:
+            bad = set(self.split.unique()) - set(SPLITS)
+            if bad:
+                raise CohereError(f"split.csv: unknown split {sorted(bad)[0]!r}; expected one of "
+                                  f"{', '.join(SPLITS)}")
+
+    # -- reading / writing
+
+    @classmethod
+    def read(cls, path: str | os.PathLike, modalities: list[str] | None = None,
+             known: list[str] | None = None) -> "Cohort":
+        """Read a cohort folder. ``known`` are the registered modality names."""
+        path = Path(path)
+        if not path.is_dir():
+            raise CohereError(f"cohort folder {str(path)!r} does not exist; expected a folder "
+                              "with one table per modality (e.g. cna.parquet, rnaseq.csv)")
+        if known is None:
+            from .plugins import modality_names
+            known = modality_names()
+        files: dict[str, Path] = {}
+        for f in sorted(path.iterdir()):
+            if f.suffix in TABLE_SUFFIXES and f.stem not in RESERVED and not f.name.startswith("."):
+                if f.stem in files:
+                    raise CohereError(f"two tables for modality {f.stem!r} ({files[f.stem].name}, "
+                                      f"{f.name}); keep one")
+                files[f.stem] = f
+        # unknown tables are skipped (and listed in ``ignored``) unless asked for by name
+        wanted = [m for m in sorted(files) if m in known] if modalities is None else list(modalities)
+        ignored = [files[m].name for m in sorted(files) if m not in wanted]
+        for m in wanted:
+            if m not in known:
+                raise CohereError(f"unknown modality {m!r}; known modalities: {', '.join(known)} "
+                                  "(install a plugin that provides it, or rename the table)")
+            if m not in files:
+                raise CohereError(f"no table for modality {m!r} in {path}; expected {m}.parquet, "
+                                  f"{m}.csv or {m}.tsv")
+        if not wanted:
+            raise CohereError(f"no table of a known modality ({', '.join(known)}) in {path}; "
+                              "expected files such as cna.parquet")
+        tables = {m: read_table(files[m]) for m in wanted}
+        clinical = _read_clinical(path / "clinical.csv") if (path / "clinical.csv").exists() else None
+        split = None
+        if (path / "split.csv").exists():
+            s = pd.read_csv(path / "split.csv", index_col=0)
+            if "split" not in s:
+                raise CohereError("split.csv: expected a column named 'split'")
+            split = s["split"].astype(str)
+            split.index = split.index.astype(str)
+        forms = {}
+        if (path / "cohort.json").exists():
+            try:
+                forms = json.loads((path / "cohort.json").read_text()).get("input_forms", {})
+            except json.JSONDecodeError as e:
+                raise CohereError(f"cohort.json: not valid JSON ({e})") from None
+        cohort = cls(tables, clinical, split, {m: f for m, f in forms.items() if m in tables}, path)
+        cohort.ignored = ignored
+        return cohort
+
+    def write(self, path: str | os.PathLike) -> Path:
+        """Write the cohort folder (Parquet tables, CSV clinical/split, cohort.json)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        for m, df in self.tables.items():
+            df.to_parquet(path / f"{m}.parquet")
+        if self.clinical is not None:
+            self.clinical.to_csv(path / "clinical.csv")
+        if self.split is not None:
+            self.split.rename("split").to_csv(path / "split.csv")
+        if self.input_forms:
+            (path / "cohort.json").write_text(json.dumps({"input_forms": self.input_forms}, indent=2))
+        return path
+
+    # -- queries
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.tables)
+
+    def samples(self, modalities: list[str] | None = None) -> pd.Index:
+        """Sorted ids of samples that have *all* of ``modalities`` (default: any modality)."""
+        if modalities is None:
+            ids = sorted(set().union(*(set(t.index) for t in self.tables.values())))
+            return pd.Index(ids, name="sample")
+        self._check(modalities)
+        ids = set(self.tables[modalities[0]].index)
+        for m in modalities[1:]:
+            ids &= set(self.tables[m].index)
+        return pd.Index(sorted(ids), name="sample")
+
+    def presence(self) -> pd.DataFrame:
+        """Boolean samples x modalities table of what each sample has."""
+        ids = self.samples()
+        return pd.DataFrame({m: ids.isin(t.index) for m, t in self.tables.items()}, index=ids)
+
+    def ids_in(self, split: str, seed: int = 0) -> pd.Index:
+        """Sample ids in ``split`` (from split.csv, else from :func:`stratified_split`)."""
+        labels = self.split if self.split is not None else stratified_split(self, seed=seed)
+        labels = labels.reindex(self.samples()).fillna("train")
+        return pd.Index(sorted(labels.index[labels == split]), name="sample")
+
+    def _check(self, modalities):
+        for m in modalities:
+            if m not in self.tables:
+                raise CohereError(f"the cohort has no {m!r} table; it has: {', '.join(self.tables)}")
+
+
+def stratified_split(cohort: Cohort, val_fraction: float = 0.05, test_fraction: float = 0.15,
+                     by: str = "cancer_type", seed: int = 0) -> pd.Series:
+    """Split as the paper does: per ``by`` group (cancer type), draw validation and test
+    samples only from *complete* samples (every modality present); the rest is train.
+
+    Group sizes are the fractions of each group's total, capped by its complete samples.
+    """
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise CohereError("val_fraction and test_fraction must be in [0, 1) with a sum below 1")
+    ids = cohort.samples()
+    complete = set(cohort.samples(cohort.modalities))
+    if cohort.clinical is not None and by in cohort.clinical:
+        groups = cohort.clinical[by].reindex(ids).fillna("unknown").astype(str)
+    else:
+        groups = pd.Series("all", index=ids)
+    rng = np.random.default_rng(seed)
+    labels = pd.Series("train", index=ids, name="split")
+    for g in sorted(groups.unique()):
+        members = groups.index[groups == g]
+        pool = np.array(sorted(set(members) & complete))
+        rng.shuffle(pool)
+        n_test = min(len(pool), int(round(test_fraction * len(members))))
+        n_val = min(len(pool) - n_test, int(round(val_fraction * len(members))))
+        labels[pool[:n_test]] = "test"
+        labels[pool[n_test:n_test + n_val]] = "val"
+    return labels
+
+
+def atomic_write_table(df: pd.DataFrame, out: str | os.PathLike) -> Path:
+    """Write ``df`` to Parquet/CSV/TSV (by extension) atomically: nothing half-written."""
+    out = Path(out)
+    if out.suffix not in TABLE_SUFFIXES:
+        raise CohereError(f"output {out.name!r}: expected a .parquet, .csv or .tsv file name")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        if out.suffix == ".parquet":
+            df.to_parquet(tmp)
+        else:
+            df.to_csv(tmp, sep="\t" if out.suffix == ".tsv" else ",")
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out

@@ -1,0 +1,45 @@
+"""Shared fixtures: the real shared cohort (read in place, never written) and temp folders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+# the networks in tests are small: one thread is as fast and immune to oversubscription
+torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_COHORT = Path(os.environ.get("COHERE_SHARED_COHORT",
+                                    REPO.parent / "shared" / "data" / "tcga-pancan"))
+
+
+@pytest.fixture(scope="session")
+def real_path() -> Path:
+    if not (SHARED_COHORT / "split.csv").exists():
+        pytest.fail(f"the shared TCGA cohort is missing at {SHARED_COHORT}; set COHERE_SHARED_COHORT")
+    return SHARED_COHORT
+
+
+@pytest.fixture(scope="session")
+def real(real_path):
+    """The real cohort restricted to the small tables (rppa, rnaseq) to keep tests fast."""
+    from cohere.cohort import Cohort
+
+    return Cohort.read(real_path, modalities=["rnaseq", "rppa"])
+
+
+@pytest.fixture(scope="session")
+def real_cna(real_path):
+    from cohere.cohort import Cohort
+
+    return Cohort.read(real_path, modalities=["cna"])
+
+
+@pytest.fixture(scope="session")
+def sim():
+    from cohere.simulate import simulate_cohort
+
+    return simulate_cohort(n_patients=400, seed=3)

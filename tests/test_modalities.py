@@ -1,0 +1,109 @@
+"""The paper's preprocessing per modality, fitted on training samples only."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cohere.errors import CohereError
+from cohere.modalities import Preprocessor
+from cohere.plugins import get_modality, modality_names
+
+
+def test_builtins_are_registered_sorted():
+    assert modality_names() == ["cna", "rnaseq", "rppa", "wsi"]
+    with pytest.raises(CohereError, match="unknown modality 'mirna'"):
+        get_modality("mirna")
+
+
+def test_cna_absolute_is_log2_ratio_clipped_and_zero_excluded():
+    cna = get_modality("cna")
+    X = np.array([[2.0, 4.0, 1.0, 0.0, 64.0]])
+    out = cna.transform(X, "absolute")
+    assert np.allclose(out[0, :3], [0.0, 1.0, -1.0])
+    assert np.isnan(out[0, 3]) and out[0, 4] == 2.0
+    assert cna.transform(np.array([[-3.0, 0.5]]), "log2_ratio").tolist() == [[-2.0, 0.5]]
+    with pytest.raises(CohereError, match="expects copy numbers >= 0"):
+        cna.check(np.array([[-0.5, 1.0]]), "absolute")
+    with pytest.raises(CohereError, match="implausible for log2 ratios"):
+        cna.check(np.full((3, 3), 2.0), "log2_ratio")
+    with pytest.raises(CohereError, match="unknown input form 'segments'"):
+        cna.resolve_form("segments")
+
+
+def test_rnaseq_cpm_is_library_size_invariant_and_filters_low_genes():
+    rna = get_modality("rnaseq")
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(200, size=(40, 6)).astype(float)
+    counts[:, 5] = rng.poisson(0.0001, size=40)                 # a silent gene
+    a = rna.transform(np.log2(counts + 1), "log2_count")
+    b = rna.transform(np.log2(3 * counts + 1), "log2_count")  # 3x deeper sequencing
+    assert np.allclose(a[:, :5], b[:, :5], atol=0.02)
+    df = pd.DataFrame(np.log2(counts + 1), columns=list("abcdef"))
+    pre = Preprocessor(rna, "log2_count").fit(df)
+    assert pre.features_ == list("abcde")                       # CPM > 1 in >= 20% of samples
+    with pytest.raises(CohereError, match="expects log2\\(count \\+ 1\\) >= 0"):
+        rna.check(np.array([[-1.0]]), "log2_count")
+
+
+def test_real_rnaseq_outliers_are_tamed(real):
+    rna = get_modality("rnaseq")
+    X = real.tables["rnaseq"].to_numpy(np.float64)
+    assert X.max() > 1e4                                         # the raw table's outlier
+    assert np.abs(rna.transform(X, "zscore")).max() <= 10.0
+
+
+def test_preprocessing_is_fit_on_train_only(real):
+    table = real.tables["rppa"]
+    train = table.loc[table.index.intersection(real.ids_in("train"))]
+    val = table.loc[table.index.intersection(real.ids_in("val"))]
+    pre = Preprocessor(get_modality("rppa"), "normalized").fit(train)
+    X = train.to_numpy(np.float64)
+    missing = np.isnan(X).mean(0)
+    assert pre.features_ == list(train.columns[missing <= 0.10])      # >10% missing dropped
+    kept = train[pre.features_].to_numpy(np.float64)
+    assert np.allclose(pre.state_["center"].numpy(), np.nanmedian(kept, 0), atol=1e-6)
+    # changing validation rows changes nothing fitted
+    before = {k: v.clone() for k, v in pre.state_.items()}
+    other = Preprocessor(get_modality("rppa"), "normalized").fit(train)
+    assert all(np.array_equal(before[k], other.state_[k]) for k in before)
+    Z = pre.transform(val)
+    assert Z.shape == (len(val), len(pre.features_)) and np.isfinite(Z).all()
+    # median centring is undone on decode: values come back on the input scale
+    back = pre.inverse_transform(pre.transform(train.iloc[:20]))
+    obs = train.iloc[:20][pre.features_].notna().to_numpy()
+    assert np.allclose(back.to_numpy()[obs], train.iloc[:20][pre.features_].to_numpy()[obs], atol=1e-4)
+
+
+def test_knn_imputation_beats_the_median_on_structured_data(real):
+    table = real.tables["rppa"]
+    train = table.loc[table.index.intersection(real.ids_in("train"))]
+    val = table.loc[table.index.intersection(real.ids_in("val"))]
+    pre = Preprocessor(get_modality("rppa"), "normalized").fit(train)
+    full = pre.transform(val)
+    holed = val[pre.features_].copy()
+    rng = np.random.default_rng(0)
+    mask = rng.random(holed.shape) < 0.2
+    holed = holed.mask(mask)
+    imputed = pre.transform(holed)
+    err_knn = ((imputed - full)[mask] ** 2).mean()
+    err_median = ((pre.state_["median"].numpy()[None].repeat(len(val), 0) - full)[mask] ** 2).mean()
+    assert err_knn < 0.8 * err_median
+
+
+def test_cna_uses_median_imputation_and_stores_no_prototypes(real_cna):
+    table = real_cna.tables["cna"].iloc[:400, :100]
+    pre = Preprocessor(get_modality("cna"), "log2_ratio").fit(table)
+    assert "prototypes" not in pre.state_
+    holed = table.copy()
+    holed.iloc[0, :5] = np.nan
+    Z = pre.transform(holed)
+    assert np.allclose(Z[0, :5], pre.state_["median"].numpy()[:5])
+
+
+def test_transform_needs_the_trained_features(real):
+    table = real.tables["rppa"].iloc[:300]
+    pre = Preprocessor(get_modality("rppa"), "normalized").fit(table)
+    with pytest.raises(CohereError, match="the table lacks .* of the encoder's"):
+        pre.transform(table.iloc[:, :10])
