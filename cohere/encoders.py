@@ -87,15 +87,20 @@ class Encoder:
         Xt = self.modality.transform(df.to_numpy(np.float64), pre.form)
         return pd.DataFrame(Xt, index=df.index, columns=df.columns).reindex(columns=pre.features_)
 
-    def reconstruction_r2(self, df: pd.DataFrame) -> float:
-        """Feature-space R^2 of decode(encode(x)) over observed cells (variance weighted)."""
+    def feature_r2(self, df: pd.DataFrame, latents) -> float:
+        """Feature-space R^2 of decode(latents) against the true table ``df`` over observed
+        cells (variance weighted: 1 - SSE / SST around each feature's mean)."""
         truth = self.target_features(df).to_numpy(np.float64)
-        recon = self.decode(self.encode(df)).to_numpy(np.float64)
+        recon = self.decode(np.asarray(latents)).to_numpy(np.float64)
         obs = ~np.isnan(truth)
         col_mean = np.nanmean(truth, axis=0)
         sse = ((truth - recon) ** 2)[obs].sum()
         sst = ((truth - col_mean) ** 2)[obs].sum()
         return float(1.0 - sse / sst)
+
+    def reconstruction_r2(self, df: pd.DataFrame) -> float:
+        """Feature-space R^2 of decode(encode(x)) over observed cells."""
+        return self.feature_r2(df, self.encode(df))
 
     # -- persistence
 
@@ -116,7 +121,14 @@ class Encoder:
         tensors["latent.std"] = torch.as_tensor(self.latent_std_)
         card = render_card("encoder.md.j2", config=config, n_features=len(pre.features_),
                            form_description=self.modality.input_forms[pre.form])
-        return save_artifact(folder, config, tensors, card)
+        self.digest = save_artifact(folder, config, tensors, card)
+        self.config, self.path = save_config_view(config, self.digest), Path(folder)
+        return self.digest
+
+
+def save_config_view(config: dict, digest: str) -> dict:
+    """The config as it reads back from disk (with the recorded sha256)."""
+    return {**config, "files": {"model.safetensors": digest}}
 
 
 def load_encoder(folder: str | os.PathLike, modality: Modality | None = None) -> Encoder:
@@ -247,9 +259,9 @@ class AutoencoderEncoder(Encoder):
     kind = "autoencoder"
 
     def __init__(self, modality, input_form=None, latent_dim=LATENT_DIM, seed=0,
-                 hidden: tuple[int, ...] = (512, 256), lr: float = 1e-3,
-                 weight_decay: float = 1e-4, batch_size: int = 128, max_epochs: int = 300,
-                 patience: int = 20, val_fraction: float = 0.1, dropout_input: float = 0.0):
+                 hidden: tuple[int, ...] = (512, 256), lr: float = 1e-4,
+                 weight_decay: float = 1e-4, batch_size: int = 128, max_epochs: int = 200,
+                 patience: int = 15, val_fraction: float = 0.1, dropout_input: float = 0.0):
         super().__init__(modality, input_form, latent_dim, seed)
         self.hidden = tuple(hidden)
         self.lr, self.weight_decay = lr, weight_decay

@@ -1,4 +1,14 @@
-"""The plugin hooks (pluggy project and entry-point group ``cohere``)."""
+"""The plugin hooks (pluggy project and entry-point group ``cohere``).
+
+A plugin is a module with ``@hookimpl`` functions, installed with an entry point::
+
+    [project.entry-points.cohere]
+    mirna = "cohere_mirna"
+
+Hooks receive a ``register`` callback (or the CLI app); the host validates what is
+registered, sorts it by id, and refuses an id registered by two plugins. Hooks must be
+cheap and must not touch the network.
+"""
 
 import pluggy
 
@@ -12,8 +22,13 @@ def register_modalities(register):
 
 
 @hookspec
+def register_encoders(register):
+    """Register encoder artifact folders: call ``register(modality, folder)``."""
+
+
+@hookspec
 def register_experts(register):
-    """Register loadable experts: call ``register(expert_id, folder)`` for artifact folders."""
+    """Register expert or multi-condition artifact folders: ``register(model_id, folder)``."""
 
 
 @hookspec

@@ -43,3 +43,14 @@ def sim():
     from cohere.simulate import simulate_cohort
 
     return simulate_cohort(n_patients=400, seed=3)
+
+
+@pytest.fixture(autouse=True)
+def _builtin_plugins_only(monkeypatch):
+    """Installed plugins (e.g. cohere-mirna in CI) stay out unless a test opts in."""
+    from cohere import plugins
+
+    monkeypatch.setenv("COHERE_LOAD_PLUGINS", "")
+    plugins.reset()
+    yield
+    plugins.reset()

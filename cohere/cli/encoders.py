@@ -26,7 +26,7 @@ def train(
     all_: bool = typer.Option(False, "--all", help="Train an encoder for every modality of the cohort."),
     input_form: list[str] = typer.Option(None, help="MODALITY=FORM, e.g. cna=absolute (repeatable)."),
     kind: Optional[str] = typer.Option(None, help="autoencoder or pca (default: the modality's)."),
-    max_epochs: int = typer.Option(300, help="Autoencoder epochs at most (early stopping on validation MSE)."),
+    max_epochs: int = typer.Option(200, help="Autoencoder epochs at most (early stopping on validation MSE)."),
     seed: int = typer.Option(0, help="Random seed."),
 ):
     """Fit preprocessing + encoder on the training samples and save the artifact.

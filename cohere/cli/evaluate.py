@@ -1,0 +1,155 @@
+"""``cohere evaluate <experiment>``: the paper's experiments on your cohort; ``cohere prioritize``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import CohereError
+
+COHORT = typer.Option(..., help="Cohort folder (training split for the models; val split = test patients).")
+MODELS = typer.Option(..., help="Models folder with encoders/ and experts/ (6 experts + multi models).")
+OUT = typer.Option(..., help="Report folder: report.md, CSV/JSON, PNG figures.")
+TEST = typer.Option(None, help="Report on the complete patients of this cohort instead of the val split.")
+MODS = typer.Option("cna,rnaseq,rppa", help="Modalities, comma-separated.")
+SEED = typer.Option(0, help="Random seed.")
+
+
+def _data(cohort: Path, models: Path, test_cohort: Optional[Path], modalities: str, seed: int, max_test=None):
+    from ..evaluation.experiments import EvalData
+
+    mods = [m.strip() for m in modalities.split(",") if m.strip()]
+    if not (models / "encoders").is_dir():
+        raise CohereError(f"no encoders in {models / 'encoders'}; train them with 'cohere encoders train' "
+                          "or run scripts/reproduce_paper.py")
+    return EvalData.load(cohort, models, mods, test_cohort=test_cohort, max_test=max_test, seed=seed)
+
+
+def _run(out: Path, data, plan, only: str) -> None:
+    from ..evaluation.experiments import ForestSettings  # noqa: F401  (plan already holds it)
+    from ..evaluation.pipeline import EXPERIMENTS, run_all
+
+    plan.skip = tuple(e for e in EXPERIMENTS if e != only)
+    run_all(data, out, plan, {"experiment": only}, log=lambda s: typer.echo(s, err=True))
+    typer.echo((out / "report.md").read_text())
+
+
+def reconstruction(cohort: Path = COHORT, models: Path = MODELS, out: Path = OUT, test_cohort: Optional[Path] = TEST,
+                   modalities: str = MODS, draws: int = typer.Option(10, help="Generation runs (draws per patient)."),
+                   iterative: bool = typer.Option(True, help="Include the iterative (MICE) baseline."),
+                   seed: int = SEED):
+    """R^2 (single draw, K-draw mean, calibrated line), output variance and energy score of every
+    target x conditioning set x {expert, multi, coherent} and the point-imputation baselines."""
+    from ..evaluation.pipeline import Plan
+
+    _run(out, _data(cohort, models, test_cohort, modalities, seed), Plan(draws=draws, iterative=iterative, seed=seed),
+         "reconstruction")
+
+
+def manifold(cohort: Path = COHORT, models: Path = MODELS, out: Path = OUT, test_cohort: Optional[Path] = TEST,
+             modalities: str = MODS, reducer: str = typer.Option("auto", help="umap, pca, or auto (umap if installed)."),
+             seed: int = SEED):
+    """Real vs multi vs coherent patients (all modalities concatenated), one map fitted on real."""
+    from ..evaluation.pipeline import Plan
+
+    _run(out, _data(cohort, models, test_cohort, modalities, seed), Plan(draws=2, reducer=reducer, seed=seed),
+         "manifold")
+
+
+def privacy(cohort: Path = COHORT, models: Path = MODELS, out: Path = OUT, test_cohort: Optional[Path] = TEST,
+            modalities: str = MODS, runs: int = typer.Option(10, help="Generation runs."),
+            reference: int = typer.Option(2000, help="Training patients per modality used as the reference."),
+            seed: int = SEED):
+    """Unconditional generation vs the training set: precision/recall F1, energy distance, DCR."""
+    from ..evaluation.pipeline import Plan
+
+    _run(out, _data(cohort, models, test_cohort, modalities, seed),
+         Plan(privacy_runs=runs, privacy_reference=reference, seed=seed), "privacy")
+
+
+def signal(cohort: Path = COHORT, models: Path = MODELS, out: Path = OUT, test_cohort: Optional[Path] = TEST,
+           modalities: str = MODS, runs: int = typer.Option(10, help="Generation runs."),
+           trees: int = typer.Option(500, help="Trees per random forest."), seed: int = SEED):
+    """Cancer type and stage classifiers trained on real latents, tested on real vs generated."""
+    from ..evaluation.pipeline import Plan
+
+    _run(out, _data(cohort, models, test_cohort, modalities, seed),
+         Plan(draws=runs, signal_trees=trees, seed=seed), "signal")
+
+
+def _forests(trees: int, rsf_trees: int, seed: int):
+    from ..evaluation.experiments import ForestSettings
+
+    return ForestSettings(rf_trees=trees, rsf_trees=rsf_trees, seed=seed)
+
+
+def downstream(cohort: Path = COHORT, models: Path = MODELS, out: Path = OUT, test_cohort: Optional[Path] = TEST,
+               modalities: str = MODS, runs: int = typer.Option(10, help="Generation runs."),
+               trees: int = typer.Option(500, help="Trees of the stage classifier."),
+               rsf_trees: int = typer.Option(100, help="Trees of the random survival forest."), seed: int = SEED):
+    """Stage F1 and survival C-index with modalities removed, generated or imputed (Table 2)."""
+    from ..evaluation.pipeline import Plan
+
+    _run(out, _data(cohort, models, test_cohort, modalities, seed),
+         Plan(draws=runs, forests=_forests(trees, rsf_trees, seed), seed=seed), "downstream")
+
+
+def counterfactual(cohort: Path = COHORT, models: Path = MODELS, out: Path = OUT, test_cohort: Optional[Path] = TEST,
+                   modalities: str = MODS, modality: str = typer.Option("rnaseq", help="The costly modality."),
+                   repeats: int = typer.Option(10, help="Repeats with new generation seeds."),
+                   orders: int = typer.Option(30, help="Random orders averaged."),
+                   draws: int = typer.Option(10, help="Generated versions per patient (K)."),
+                   trees: int = typer.Option(500, help="Trees of the stage classifier."),
+                   rsf_trees: int = typer.Option(100, help="Trees of the random survival forest."), seed: int = SEED):
+    """Informed vs random acquisition order of a costly modality: F1 / C-index curves and AUCs."""
+    from ..evaluation.pipeline import Plan
+
+    _run(out, _data(cohort, models, test_cohort, modalities, seed),
+         Plan(draws=draws, cf_modality=modality, cf_repeats=repeats, cf_orders=orders,
+              forests=_forests(trees, rsf_trees, seed), seed=seed), "counterfactual")
+
+
+def prioritize(
+    modality: str = typer.Option(..., help="The modality to acquire, e.g. rnaseq."),
+    cohort: Path = typer.Option(..., help="Cohort folder; its training split trains the downstream forests."),
+    models: Path = typer.Option(..., help="Models folder with encoders/ and experts/."),
+    task: str = typer.Option("stage", help="stage (classifier disagreement) or survival (risk change)."),
+    modalities: str = MODS,
+    draws: int = typer.Option(10, help="Generated versions per patient (K)."),
+    trees: int = typer.Option(200, help="Trees of the stage classifier."),
+    rsf_trees: int = typer.Option(50, help="Trees of the random survival forest."),
+    top: int = typer.Option(20, help="Rows to print (0 = all)."),
+    out: Optional[Path] = typer.Option(None, help="Also write the full ranking (.csv, .tsv or .parquet)."),
+    seed: int = SEED,
+):
+    """Rank the patients who lack MODALITY (and have the others) by how much acquiring it could
+    change their prediction: the counterfactual score over K generated versions.
+
+    Example: cohere prioritize --modality rnaseq --cohort data/ --models models/
+    """
+    from ..cohort import atomic_write_table
+    from ..evaluation.experiments import prioritize as rank
+    from ..generation import ModelSource
+    from .common import read_cohort
+
+    mods = [m.strip() for m in modalities.split(",") if m.strip()]
+    c = read_cohort(cohort, mods)
+    table = rank(c, ModelSource.folder(models), modality, task=task, draws=draws,
+                 settings=_forests(trees, rsf_trees, seed), seed=seed, modalities=mods)
+    if out:
+        atomic_write_table(table.set_index("sample"), out)
+    shown = table if top <= 0 else table.head(top)
+    typer.echo(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    typer.echo(f"{len(table)} patients lack {modality}; ranked by {task} counterfactual score"
+               + (f" -> {out}" if out else ""), err=True)
+
+
+def register(app: typer.Typer) -> None:
+    group = typer.Typer(help="Reproduce the paper's experiments on a cohort (one report folder each).",
+                        no_args_is_help=True)
+    for fn in (reconstruction, manifold, privacy, signal, downstream, counterfactual):
+        group.command(fn.__name__)(fn)
+    app.add_typer(group, name="evaluate")
+    app.command("prioritize")(prioritize)

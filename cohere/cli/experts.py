@@ -1,0 +1,175 @@
+"""``cohere experts train`` and ``cohere experts list``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+import typer
+
+from ..diffusion.train import TrainConfig
+from ..encoders import load_encoder
+from ..errors import CohereError
+from ..experts import Expert, MultiConditionModel, list_models, load_model, model_dir, parse_id
+from .common import read_cohort
+from .encoders import encoder_dir
+
+
+def _device(device: str) -> str:
+    import torch
+
+    if device not in ("cpu", "cuda"):
+        raise CohereError(f"--device {device!r}: expected cpu or cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise CohereError("--device cuda: no CUDA GPU is available here (torch.cuda.is_available() is "
+                          "False); use --device cpu")
+    return device
+
+
+def _plan(ids: list[str], all_: bool, modalities: list[str]) -> list[tuple[str, str]]:
+    """(source or 'multi', target) pairs to train."""
+    if all_ == bool(ids):
+        raise CohereError("give model ids (e.g. rnaseq->cna, multi->cna) or --all")
+    if all_:
+        if len(modalities) < 2:
+            raise CohereError(f"--all needs at least two modalities with encoders; found {', '.join(modalities) or 'none'}")
+        pairs = [(s, t) for t in modalities for s in modalities if s != t]
+        return pairs + [("multi", t) for t in modalities]
+    plan = []
+    for i in ids:
+        s, t = parse_id(i)
+        for m in ([t] if s == "multi" else [s, t]):
+            if m not in modalities:
+                raise CohereError(f"{i}: no {m!r} in the cohort with an encoder (available: "
+                                  f"{', '.join(modalities)}); train it with 'cohere encoders train'")
+        if s == "multi" and len(modalities) < 2:
+            raise CohereError(f"{i}: a multi-condition model needs at least one other modality with an encoder")
+        plan.append((s, t))
+    return plan
+
+
+def train(
+    ids: list[str] = typer.Argument(None, metavar="[ID]...", help="Model ids: SOURCE->TARGET or multi->TARGET."),
+    cohort: Path = typer.Option(..., help="Cohort folder (the same one the encoders were trained on)."),
+    models: Path = typer.Option(..., help="Models folder with encoders/<modality>/; writes experts/<source>_to_<target>/."),
+    all_: bool = typer.Option(False, "--all", help="Every ordered pair of modalities with encoders + one multi model per target."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    seed: int = typer.Option(0, help="Random seed (weights, batches, validation rows)."),
+    steps: Optional[int] = typer.Option(None, help=f"Optimizer steps per model (default {TrainConfig.steps})."),
+    batch_size: Optional[int] = typer.Option(None, help=f"Batch size (default {TrainConfig.batch_size})."),
+    lr: Optional[float] = typer.Option(None, help=f"Peak learning rate (default {TrainConfig.lr})."),
+    hidden: Optional[int] = typer.Option(None, help=f"Hidden width (default {TrainConfig.hidden})."),
+    layers: Optional[int] = typer.Option(None, help=f"Hidden layers (default {TrainConfig.layers})."),
+    select: Optional[str] = typer.Option(None, help="Checkpoint criterion: energy (default) or mse (the paper's)."),
+    search: int = typer.Option(0, help="Random search over the paper's grid: N configurations per model (0 = off)."),
+):
+    """Train diffusion experts on the training split's latents and save them as artifacts.
+
+    Examples:
+      cohere experts train rnaseq->cna --cohort data/ --models models/
+      cohere experts train --all --cohort data/ --models models/
+    """
+    dev = _device(device)
+    if search < 0:
+        raise CohereError(f"--search must be >= 0, got {search}")
+    overrides = {k: v for k, v in dict(steps=steps, batch_size=batch_size, lr=lr, hidden=hidden, layers=layers,
+                                       select=select).items() if v is not None}
+    config = dataclasses.replace(TrainConfig(seed=seed, device=dev), **overrides)
+
+    found = sorted(p.name for p in (models / "encoders").glob("*") if (p / "config.json").is_file())
+    if not found:
+        raise CohereError(f"no encoders in {models / 'encoders'}; train them first with "
+                          f"'cohere encoders train --all --cohort {cohort} --models {models}'")
+    c = read_cohort(cohort)
+    modalities = [m for m in c.modalities if m in found]
+    missing = [m for m in c.modalities if m not in found]
+    if missing:
+        typer.echo(f"note: no encoder for {', '.join(missing)} in {models / 'encoders'}; skipping "
+                   f"(train with 'cohere encoders train --modality M --cohort {cohort} --models {models}')", err=True)
+    plan = _plan(list(ids or []), all_, modalities)
+
+    needed = sorted({m for s, t in plan for m in ([t] + (modalities if s == "multi" else [s]))})
+    train_ids = c.ids_in("train", seed)
+    encoders, latents = {}, {}
+    for m in needed:
+        enc = load_encoder(encoder_dir(models, m))
+        form = enc.preprocessor_.form
+        if m in c.input_forms and c.input_forms[m] != form:
+            raise CohereError(f"{m}: the cohort says input form {c.input_forms[m]!r} but the encoder was "
+                              f"trained on {form!r}; re-train the encoder or convert the table")
+        table = c.tables[m]
+        encoders[m] = enc
+        latents[m] = enc.encode(table.loc[table.index.intersection(train_ids)])
+        typer.echo(f"{m}: {len(latents[m])} training samples encoded with encoder {enc.digest[:12]}", err=True)
+
+    name = c.path.name if c.path else ""
+    t_all = time.perf_counter()
+    for i, (s, t) in enumerate(plan, 1):
+        model_id = f"{s}->{t}"
+        info = {"cohort": name, "seed": seed}
+        with typer.progressbar(length=config.steps, label=f"[{i}/{len(plan)}] {model_id}", show_eta=True,
+                               show_percent=True, file=None) as bar:
+            done = [0]
+
+            def progress(step, total, hist, bar=bar, done=done):
+                bar.update(step - done[0])
+                done[0] = step
+
+            if s == "multi":
+                sources = [m for m in modalities if m != t]
+                target = latents[t]
+                src = {m: latents[m].reindex(target.index) for m in sources}
+                info["description"] = (f"{len(target)} training samples of cohort '{name}' with {t}; "
+                                       f"sources {', '.join(sources)} with their real missingness.")
+                model = MultiConditionModel.fit(t, target, src, encoders, config, search=search,
+                                                progress=progress, training=info)
+            else:
+                both = latents[s].index.intersection(latents[t].index)
+                if len(both) < 20:
+                    raise CohereError(f"{model_id}: only {len(both)} training samples have both {s} and {t}; "
+                                      "at least 20 are needed")
+                info["description"] = f"{len(both)} training samples of cohort '{name}' with both {s} and {t}."
+                model = Expert.fit(s, t, latents[s].loc[both], latents[t].loc[both], encoders, config,
+                                   search=search, progress=progress, training=info)
+            bar.update(config.steps - done[0])
+        folder = model_dir(models, model_id)
+        digest = model.save(folder)
+        mt = model.metrics
+        typer.echo(f"{model_id}: saved {folder}  digest {digest[:12]}  val_loss={mt['val_loss']:.4f}  "
+                   f"val_r2={mt['val_r2']:.4f}  n_train={model.training['n_train']}  "
+                   f"{model.training['seconds']:.0f}s")
+    typer.echo(f"trained {len(plan)} model(s) in {time.perf_counter() - t_all:.0f}s")
+
+
+def list_(
+    models: Path = typer.Option(..., help="Models folder with experts/."),
+    json_: bool = typer.Option(False, "--json", help="Print JSON."),
+):
+    """List the experts and multi-condition models of a models folder with their metrics."""
+    rows = []
+    for folder in list_models(models):
+        m = load_model(folder)
+        rows.append({"id": m.id, "kind": m.kind, "folder": str(folder), "n_train": m.training.get("n_train"),
+                     "val_loss": m.metrics.get("val_loss"), "val_r2": m.metrics.get("val_r2"),
+                     "encoders": m.encoders, "digest": m.digest})
+    if json_:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        typer.echo(f"no experts in {models / 'experts'}; train them with 'cohere experts train --all "
+                   f"--cohort DIR --models {models}'")
+        return
+    table = pd.DataFrame(rows)[["id", "kind", "n_train", "val_loss", "val_r2"]]
+    typer.echo(table.to_string(index=False))
+
+
+def register(app: typer.Typer) -> None:
+    group = typer.Typer(help="Train and inspect diffusion experts (C->X) and multi-condition models.",
+                        no_args_is_help=True)
+    group.command("train")(train)
+    group.command("list")(list_)
+    app.add_typer(group, name="experts")

@@ -1,0 +1,282 @@
+"""The one reverse-diffusion loop of cohere: consensus of denoisers over a shared x_t.
+
+Every generation in the project runs through :func:`sample_latents`. A *member* is one
+trained noise network with its conditions for the batch (``Member``); at each reverse step
+every member predicts eps_i(x_t, t, C_i) and the step uses the weighted consensus
+
+    eps(x_t) = sum_i w_i eps_i(x_t, t, C_i),   w_i >= 0, sum_i w_i = 1      (paper, "Coherent Denoising")
+
+With one member this is plain conditional sampling. The whole batch (all rows, all draws)
+is one tensor: there is no per-sample Python work. ``on_step`` sees each step's member
+predictions, which is where coherence monitoring and rejection hook in.
+
+``x0_bounds`` (low, high), each (d,), clamps the model's estimate of x_0 at every step to
+the target's range (the training latents' per-dimension min and max, which every model
+records) and re-derives eps from the clamped estimate ("thresholding", Saharia et al. 2022,
+without diffusers' destructive default of +-1). Without it, about 1% of the trajectories of a
+weakly conditioned model ran away to norms 10-20x the data's on the real cohort.
+
+    x = sample_latents([Member(expert.model, [c])], expert.schedule, n=len(c),
+                       method="ddim", steps=50, generator=torch.Generator().manual_seed(0))
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from .diffusion import Denoiser, NoiseSchedule
+from .errors import CohereError
+
+METHODS = ("ddpm", "ddim", "dpmpp2m")
+DEFAULT_STEPS = 50  # for "ddim" and "dpmpp2m" when steps is None
+
+
+@dataclass
+class Member:
+    """One denoiser of the consensus and what it is conditioned on for this batch.
+
+    ``conds``: one tensor (n, c_i) per condition of the model, in the order of its
+    ``config.cond_dims``; ``mask``: (n, k) 0/1 presence or None (all present); ``weight``:
+    non-negative; the weights of all members are normalised to sum to one.
+    """
+
+    model: Denoiser
+    conds: Sequence[Tensor] = ()
+    mask: Tensor | None = None
+    weight: float = 1.0
+
+
+class StepInfo(NamedTuple):
+    """What ``on_step`` receives at each reverse step (before the update is applied)."""
+
+    index: int  # 0-based position in the loop
+    t: int  # the timestep being denoised
+    x_t: Tensor  # (n, d)
+    eps_members: Tensor  # (k, n, d) each member's prediction
+    weights: Tensor  # (k,) normalised weights
+    eps: Tensor  # (n, d) the consensus
+
+
+def timesteps(schedule: NoiseSchedule, method: str, steps: int | None) -> list[int]:
+    """The descending timesteps a method visits: all T for "ddpm", S trailing otherwise."""
+    if method not in METHODS:
+        raise CohereError(f"unknown sampling method {method!r}; expected one of {', '.join(METHODS)}")
+    T = schedule.num_train_timesteps
+    if method == "ddpm":
+        if steps not in (None, T):
+            raise CohereError(f"method 'ddpm' runs all {T} steps; got steps={steps} (use 'ddim' or "
+                              "'dpmpp2m' for fewer steps)")
+        return list(range(T - 1, -1, -1))
+    if steps is None:
+        steps = DEFAULT_STEPS
+    return schedule.ddim_timesteps(steps).tolist()
+
+
+def _check_members(members: Sequence[Member], n: int, d: int) -> Tensor:
+    if not members:
+        raise CohereError("sampling needs at least one member (a denoiser and its conditions)")
+    weights = []
+    for i, m in enumerate(members):
+        if not isinstance(m, Member) or not isinstance(m.model, Denoiser):
+            raise CohereError(f"members[{i}] must be a Member holding a Denoiser")
+        if m.model.training:
+            raise CohereError(f"members[{i}]: the denoiser is in training mode; call .eval() first "
+                              "(BatchNorm would otherwise mix the rows of the batch)")
+        if m.model.config.latent_dim != d:
+            raise CohereError(f"members[{i}] generates {m.model.config.latent_dim}-d latents, the "
+                              f"others {d}-d; combine models of one target only")
+        if len(m.conds) != m.model.num_conds:
+            raise CohereError(f"members[{i}]: expected {m.model.num_conds} condition tensors, got {len(m.conds)}")
+        for c in m.conds:
+            if c.shape[0] != n:
+                raise CohereError(f"members[{i}]: condition has {c.shape[0]} rows, expected n = {n}")
+        w = float(m.weight)
+        if not w >= 0 or w == float("inf"):
+            raise CohereError(f"members[{i}]: weight must be finite and >= 0, got {m.weight}")
+        weights.append(w)
+    w = torch.tensor(weights, dtype=torch.float64)
+    if w.sum() <= 0:
+        raise CohereError("member weights sum to zero; give at least one a positive weight")
+    return (w / w.sum()).float()  # (k,)
+
+
+@torch.no_grad()
+def sample_latents(
+    members: Sequence[Member],
+    schedule: NoiseSchedule,
+    n: int,
+    method: str = "ddim",
+    steps: int | None = None,
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    x_T: Tensor | None = None,
+    on_step: Callable[[StepInfo], None] | None = None,
+    x0_bounds: tuple[Tensor, Tensor] | None = None,
+) -> Tensor:
+    """Run the reverse process for ``n`` rows at once and return x_0: (n, latent_dim).
+
+    ``method``: "ddpm" (ancestral, all T steps, sigma_t^2 = beta_t as the paper), "ddim"
+    (``steps`` trailing timesteps, default 50; ``eta`` = 0 deterministic, 1 ancestral-like) or "dpmpp2m"
+    (DPM-Solver++(2M), ``steps`` trailing timesteps, deterministic). ``generator`` (on the
+    models' device) draws x_T and the ancestral noise; ``x_T`` (n, d) replaces the first draw.
+    ``x0_bounds``: (low, high) tensors (d,) that x0_hat is clamped to at every step (None = off).
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise CohereError(f"n must be a positive int (rows to generate), got {n!r}")
+    d = members[0].model.config.latent_dim if members else 0
+    w = _check_members(members, n, d)
+    ts = timesteps(schedule, method, steps)
+    if eta < 0:
+        raise CohereError(f"eta must be >= 0, got {eta}")
+    device = next(members[0].model.parameters()).device
+    w = w.to(device)
+    conds = [[c.to(device, torch.float32) for c in m.conds] for m in members]
+    masks = [None if m.mask is None else m.mask.to(device) for m in members]
+    if x_T is None:
+        x = torch.randn(n, d, generator=generator, device=device)  # (n, d) x_T ~ N(0, I)
+    else:
+        if tuple(x_T.shape) != (n, d):
+            raise CohereError(f"x_T must have shape ({n}, {d}), got {tuple(x_T.shape)}")
+        x = x_T.to(device, torch.float32)
+
+    if x0_bounds is not None:
+        low, high = (torch.as_tensor(b, dtype=torch.float32, device=device) for b in x0_bounds)
+        if low.shape != (d,) or high.shape != (d,) or not bool((low <= high).all()):
+            raise CohereError(f"x0_bounds must be two ({d},) tensors with low <= high")
+
+    last_x0, last_t = None, None
+    for i, (t, t_prev) in enumerate(zip(ts, ts[1:] + [-1])):
+        tt = torch.full((n,), t, device=device, dtype=torch.long)  # (n,)
+        eps_k = torch.stack([m.model(x, tt, c, mk) for m, c, mk in zip(members, conds, masks)])  # (k, n, d)
+        eps = eps_k[0] if len(members) == 1 else torch.einsum("k,knd->nd", w, eps_k)  # (n, d)
+        if x0_bounds is not None:  # clamp x0_hat, then the eps consistent with it (eq. 4 solved for eps)
+            abar = float(schedule.alphas_cumprod[t])
+            x0 = schedule.predict_x0(eps, t, x).clamp(low, high)  # (n, d)
+            eps = (x - math.sqrt(abar) * x0) / math.sqrt(1.0 - abar)  # (n, d)
+        if on_step is not None:
+            on_step(StepInfo(i, t, x, eps_k, w, eps))
+        if method == "ddpm":
+            x = schedule.ddpm_step(eps, t, x, generator=generator).prev_sample  # (n, d)
+        elif method == "ddim":
+            x = schedule.ddim_step(eps, t, t_prev, x, eta=eta, generator=generator).prev_sample  # (n, d)
+        else:
+            out = schedule.dpmpp_2m_step(eps, t, t_prev, x, last_x0, last_t)
+            x, last_x0, last_t = out.prev_sample, out.pred_original_sample, t
+    return x
+
+
+# ---------------------------------------------------------------- coherence and rejection
+
+
+def coherence(eps_members: Tensor, weights: Tensor) -> Tensor:
+    """Per row, the weighted mean pairwise cosine distance of the members' eps (paper,
+    "Coherent Denoising"): d_ij = 1 - cos(eps_i, eps_j), pair weight (w_i + w_j) / 2.
+
+    ``eps_members`` (k, n, d), ``weights`` (k,) -> (n,). 0 = all agree; 2 = opposite.
+    One member (or no weighted pair) is perfectly coherent.
+    """
+    k, n = eps_members.shape[:2]
+    if k < 2:
+        return eps_members.new_zeros(n)
+    unit = torch.nn.functional.normalize(eps_members, dim=-1)       # (k, n, d)
+    i, j = torch.triu_indices(k, k, 1, device=unit.device)          # (p,), (p,)
+    dist = 1.0 - (unit[i] * unit[j]).sum(-1)                         # (p, n)
+    pair_w = (weights[i] + weights[j]) / 2                           # (p,)
+    if float(pair_w.sum()) <= 0:
+        return eps_members.new_zeros(n)
+    return (pair_w[:, None] * dist).sum(0) / pair_w.sum()           # (n,)
+
+
+@dataclass
+class Generation:
+    """K draws for each of n rows, with the consensus diagnostics per draw.
+
+    ``draws`` (K, n, d); ``attempts`` (K, n) trajectories run for that draw;
+    ``bad_fraction`` (K, n) fraction of steps whose coherence exceeded the threshold in the
+    kept attempt; ``accepted`` (K, n) whether the kept attempt passed the rejection test.
+    """
+
+    draws: Tensor
+    attempts: Tensor
+    bad_fraction: Tensor
+    accepted: Tensor
+
+    @property
+    def mean(self) -> Tensor:            # (n, d)
+        return self.draws.mean(0)
+
+    @property
+    def variance(self) -> Tensor:        # (n, d) across draws (0 for a single draw)
+        k = self.draws.shape[0]
+        return self.draws.var(0, unbiased=False) if k > 1 else torch.zeros_like(self.draws[0])
+
+
+@torch.no_grad()
+def generate(
+    members: Sequence[Member],
+    schedule: NoiseSchedule,
+    n: int,
+    draws: int = 1,
+    method: str = "ddim",
+    steps: int | None = None,
+    eta: float = 0.0,
+    seed: int = 0,
+    threshold: float = 1.0,
+    fraction: float = 0.10,
+    attempts: int = 10,
+) -> Generation:
+    """Coherent Denoising with rejection: ``draws`` samples for each of ``n`` rows.
+
+    Draws and rows run as one batch (row r of draw k is batch row k * n + r). A trajectory
+    whose coherence exceeds ``threshold`` on more than ``fraction`` of its steps is rejected
+    and only the rejected rows are regenerated from fresh noise, up to ``attempts`` in all;
+    the attempt with the fewest incoherent steps is kept. The paper's code uses 1.0 / 0.10 / 10.
+    """
+    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
+        raise CohereError(f"draws must be a positive int, got {draws!r}")
+    if not 0 <= fraction <= 1:
+        raise CohereError(f"fraction must be in [0, 1], got {fraction}")
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+        raise CohereError(f"attempts must be an int >= 1, got {attempts!r}")
+    if not threshold >= 0:
+        raise CohereError(f"threshold must be >= 0 (cosine distances lie in [0, 2]), got {threshold}")
+    members = [m for m in members if float(m.weight) > 0]   # a zero weight has no effect at all
+    if not members:
+        raise CohereError("no member with a positive weight; give at least one a weight > 0")
+    device = next(members[0].model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    rows = n * draws
+    tiled = [Member(m.model, [c.repeat(draws, 1) for c in m.conds],
+                    None if m.mask is None else m.mask.repeat(draws, 1), m.weight) for m in members]
+    n_steps = len(timesteps(schedule, method, steps))
+
+    def run(index: Tensor) -> tuple[Tensor, Tensor]:
+        sub = [Member(m.model, [c[index] for c in m.conds], None if m.mask is None else m.mask[index],
+                      m.weight) for m in tiled]
+        bad = torch.zeros(len(index), device=device)
+        def count(info: StepInfo) -> None:
+            bad.add_((coherence(info.eps_members, info.weights) > threshold).float())
+        x = sample_latents(sub, schedule, len(index), method, steps, eta, generator, on_step=count)
+        return x, bad / n_steps
+
+    everyone = torch.arange(rows, device=device)
+    best_x, best_bad = run(everyone)                                  # (rows, d), (rows,)
+    tries = torch.ones(rows, dtype=torch.long, device=device)
+    for _ in range(attempts - 1):
+        redo = everyone[best_bad > fraction]
+        if len(redo) == 0:
+            break
+        x, bad = run(redo)
+        tries[redo] += 1
+        better = bad < best_bad[redo]
+        best_x[redo[better]] = x[better]
+        best_bad[redo[better]] = bad[better]
+    d = best_x.shape[1]
+    return Generation(best_x.reshape(draws, n, d), tries.reshape(draws, n),
+                      best_bad.reshape(draws, n), (best_bad <= fraction).reshape(draws, n))

@@ -1,0 +1,463 @@
+"""The store of installed encoders and experts under ``$COHERE_HOME``.
+
+``$COHERE_HOME`` defaults to the platform's user cache folder (``platformdirs``). It is a
+models folder, so ``--models $COHERE_HOME`` works with every command::
+
+    store.json                        the manifest: one entry per installed artifact, with its
+                                      origin, pinned commit sha and the sha256 of every file
+    encoders/<modality>/              artifact folders: a copy (installed from a folder) or a
+    experts/<source>_to_<target>/     link to the pinned snapshot in hub/ (installed from the Hub)
+    hub/                              the huggingface_hub cache (models--org--name/snapshots/<sha>/)
+
+``add`` resolves a Hub revision to a commit sha once, downloads at that sha, records the
+sha256 of every file, and checks an expert's latent-space contract against the installed
+encoders. Every later access re-hashes the files and refuses one that changed, and needs no
+network (``HF_HUB_OFFLINE=1`` works).
+
+    store = Store()                          # $COHERE_HOME
+    store.add("encoders", "rnaseq", "my-lab/cohere-encoder-rnaseq@v1")
+    store.add("experts", "rnaseq->cna")      # resolved through the registry index
+    store.encoders()                         # {"rnaseq": Path(...), ...}
+    store.load_experts("cna")                # {"rnaseq->cna": Expert, ...}, contract checked
+
+The store is also a default plugin: it registers its encoders and experts through the
+``register_encoders`` / ``register_experts`` hooks, like any installed plugin.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from . import hub
+from .artifacts import CARD, CONFIG, WEIGHTS, read_config, sha256_file
+from .errors import CohereError
+from .hookspecs import hookimpl
+
+GROUPS = {"encoders": ("encoder",), "experts": ("expert", "multi")}
+MANIFEST = "store.json"
+_MODALITY = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def default_home() -> Path:
+    """``$COHERE_HOME``, else the platform's user cache folder for cohere."""
+    env = os.environ.get("COHERE_HOME")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("cohere"))
+
+
+def _group(group: str) -> str:
+    if group not in GROUPS:
+        raise ValueError(f"group must be one of {list(GROUPS)}, got {group!r}")
+    return group
+
+
+def normalize_id(group: str, spec: str) -> str:
+    """A modality name (encoders) or ``source->target`` / ``multi->target`` (experts)."""
+    if _group(group) == "encoders":
+        m = str(spec).strip().lower()
+        if not _MODALITY.match(m):
+            raise CohereError(f"{spec!r}: expected a modality name such as rnaseq (lowercase letters, digits, _)")
+        return m
+    from .experts import parse_id
+
+    source, target = parse_id(spec)
+    return f"{source}->{target}"
+
+
+def folder_name(group: str, art_id: str) -> str:
+    if group == "encoders":
+        return art_id
+    from .experts import folder_name as expert_folder
+
+    return expert_folder(art_id)
+
+
+def _cmd(group: str, art_id: str) -> str:
+    return f"cohere {group} add '{art_id}'" if "->" in art_id else f"cohere {group} add {art_id}"
+
+
+def install_command(group: str, entry: dict) -> str:
+    """The command that reinstalls ``entry`` exactly (same repo and sha, or same folder)."""
+    if entry.get("origin") == "hub":
+        return f"{_cmd(group, entry['id'])} --from {entry['repo']}@{entry['sha']} --force"
+    return f"{_cmd(group, entry['id'])} --from {entry.get('path', 'FOLDER')} --force"
+
+
+class Store:
+    """Installed encoders and experts under ``home`` (default ``default_home()``)."""
+
+    def __init__(self, home: str | os.PathLike | None = None):
+        self.home = Path(home).expanduser() if home is not None else default_home()
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.home)!r})"
+
+    # -- the manifest
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.home / MANIFEST
+
+    def _read(self) -> dict:
+        data = {"version": 1, "encoders": {}, "experts": {}}
+        if self.manifest_path.is_file():
+            try:
+                data |= json.loads(self.manifest_path.read_text())
+            except json.JSONDecodeError as e:
+                raise CohereError(f"{self.manifest_path}: the store manifest is not valid JSON ({e}); "
+                                  "restore it or delete the folder and reinstall") from None
+        return data
+
+    def _write(self, data: dict) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.home, prefix=".store.", suffix=".json")
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, self.manifest_path)
+
+    def entries(self, group: str) -> list[dict]:
+        """Manifest entries of ``group`` ("encoders" or "experts"), sorted by id."""
+        found = self._read()[_group(group)]
+        return [found[k] for k in sorted(found)]
+
+    def get(self, group: str, spec: str) -> dict | None:
+        return self._read()[_group(group)].get(normalize_id(group, spec))
+
+    def entry(self, group: str, spec: str) -> dict:
+        art_id = normalize_id(group, spec)
+        found = self._read()[_group(group)].get(art_id)
+        if found is None:
+            have = ", ".join(self._read()[group]) or "none"
+            raise CohereError(f"{group[:-1]} {art_id!r} is not installed in {self.home} (installed: {have}); "
+                              f"install it with \"{_cmd(group, art_id)}\"")
+        return found
+
+    # -- verified access
+
+    def folder(self, group: str, spec: str, verify: bool = True) -> Path:
+        """The artifact folder of an installed item; with ``verify`` every file is re-hashed."""
+        entry = self.entry(group, spec)
+        folder = self.home / entry["folder"]
+        if verify:
+            self._verify(group, entry)
+        return folder
+
+    def _verify(self, group: str, entry: dict) -> None:
+        folder = self.home / entry["folder"]
+        for name, recorded in sorted(entry["files"].items()):
+            path = folder / name
+            where = f"{entry['repo']}@{entry['sha'][:12]}" if entry.get("origin") == "hub" else entry.get("path")
+            if not path.is_file():
+                raise CohereError(f"{group[:-1]} {entry['id']}: {name} is missing from the store ({path}); "
+                                  f"reinstall it with \"{install_command(group, entry)}\"")
+            actual = sha256_file(path)
+            if actual != recorded:
+                raise CohereError(f"{group[:-1]} {entry['id']}: {path.resolve()} has sha256 {actual[:12]}... but "
+                                  f"{recorded[:12]}... was recorded when it was installed from {where}; the file "
+                                  f"was changed or corrupted, so it is refused: reinstall it with "
+                                  f"\"{install_command(group, entry)}\"")
+
+    def verify(self) -> dict[str, list[str]]:
+        """Re-hash every installed file; raise on the first mismatch; return the ids checked."""
+        out = {}
+        for group in GROUPS:
+            out[group] = []
+            for entry in self.entries(group):
+                self._verify(group, entry)
+                out[group].append(entry["id"])
+        return out
+
+    def encoders(self, verify: bool = True) -> dict[str, Path]:
+        """{modality: folder} of the installed encoders, sorted."""
+        return {e["id"]: self.folder("encoders", e["id"], verify) for e in self.entries("encoders")}
+
+    def experts(self, target: str | None = None, verify: bool = True,
+                kinds: tuple[str, ...] = ("expert", "multi")) -> dict[str, Path]:
+        """{id: folder} of the installed experts (and multi models), for ``target`` if given."""
+        return {e["id"]: self.folder("experts", e["id"], verify) for e in self.entries("experts")
+                if e["kind"] in kinds and (target is None or e["target"] == target)}
+
+    def load_encoders(self, modalities=None) -> dict:
+        """{modality: Encoder} of the installed encoders (all, or ``modalities``)."""
+        from .encoders import load_encoder
+
+        names = list(modalities) if modalities is not None else [e["id"] for e in self.entries("encoders")]
+        return {m: load_encoder(self.folder("encoders", m)) for m in names}
+
+    def load_experts(self, target: str | None = None, kinds: tuple[str, ...] = ("expert",)) -> dict:
+        """{id: Expert or MultiConditionModel}, each checked against the installed encoders."""
+        from .experts import load_model
+
+        digests = {e["id"]: e["digest"] for e in self.entries("encoders")}
+        models = {}
+        for art_id, folder in self.experts(target, kinds=kinds).items():
+            model = load_model(folder)
+            self._check_contract(art_id, model.encoders, digests, None)
+            models[art_id] = model
+        return models
+
+    # -- install
+
+    def add(self, group: str, spec: str, source: str | os.PathLike | None = None, *, force: bool = False,
+            endpoint: str | None = None, token: str | None = None) -> dict:
+        """Install ``spec`` from ``source`` and return its manifest entry.
+
+        ``source``: ``ORG/NAME[@REV]`` on the Hub, a folder (an artifact folder or a models
+        folder), or None to resolve ``spec`` through the registry index. Installing a
+        different version over an installed one needs ``force`` (which also re-downloads).
+        """
+        group = _group(group)
+        art_id = normalize_id(group, spec)
+        origin = self._origin(group, art_id, source)
+        if origin["origin"] == "hub":
+            if "sha" not in origin:  # resolved once; the registry pins it already
+                origin["sha"] = hub.resolve_revision(origin["repo"], origin.get("revision"), endpoint, token)
+            origin["endpoint"] = hub.endpoint_url(endpoint)
+            config_path = hub.download(origin["repo"], origin["sha"], CONFIG, self.home / "hub", endpoint, token,
+                                       force=force)
+            folder = config_path.parent
+        else:
+            folder = origin.pop("folder")
+        config = read_config(folder)
+        self._check_identity(group, art_id, config, origin)
+        previous = self.get(group, art_id)
+        if group == "experts":
+            digests = {e["id"]: e["digest"] for e in self.entries("encoders")}
+            self._check_contract(art_id, config.get("encoders", {}), digests, origin)
+        if origin["origin"] == "hub":
+            for name in (WEIGHTS, CARD):
+                hub.download(origin["repo"], origin["sha"], name, self.home / "hub", endpoint, token, force=force)
+        files = {}
+        for name in (CONFIG, WEIGHTS, CARD):
+            if not (folder / name).is_file():
+                raise CohereError(f"{folder}: {name} is missing; expected a cohere artifact ({CONFIG}, {WEIGHTS}, {CARD})")
+            files[name] = sha256_file(folder / name)
+        expected = origin.pop("expected_files", None)
+        for name, want in (expected or {}).items():
+            if files.get(name) != want:
+                raise CohereError(f"{art_id}: {name} from {origin['repo']}@{origin['sha'][:12]} has sha256 "
+                                  f"{files.get(name, '')[:12]}... but the registry records {want[:12]}...; "
+                                  "refusing it (the repository or the cache was changed)")
+        self._check_loads(group, folder)
+        if group == "encoders":
+            self._check_dependents(art_id, files[WEIGHTS])
+        if previous is not None and not force:
+            if previous["files"] == files:
+                return previous
+            if origin["origin"] == "hub" and (previous.get("repo"), previous.get("sha")) == (origin["repo"], origin["sha"]):
+                raise CohereError(f"the cached files of {origin['repo']}@{origin['sha'][:12]} changed since "
+                                  f"{art_id} was installed from them; re-download with \"{install_command(group, previous)}\"")
+            raise CohereError(f"{group[:-1]} {art_id!r} is already installed (digest {previous['digest'][:12]}, "
+                              f"from {previous.get('repo') or previous.get('path')}); pass --force to replace it "
+                              f"with digest {files[WEIGHTS][:12]}")
+        entry = self._entry(group, art_id, config, files, origin)
+        self._place(group, art_id, folder, origin["origin"])
+        data = self._read()
+        data[group][art_id] = entry
+        self._write(data)
+        return entry
+
+    def _origin(self, group: str, art_id: str, source) -> dict:
+        if source is None:
+            return self._from_registry(group, art_id)
+        path = Path(source).expanduser()
+        if path.exists():
+            return {"origin": "path", "path": str(path.resolve()), "folder": self._find_in(group, art_id, path)}
+        repo, revision = hub.parse_repo_spec(str(source))
+        return {"origin": "hub", "repo": repo, "revision": revision or "main"}
+
+    def _from_registry(self, group: str, art_id: str) -> dict:
+        found = hub.find(GROUPS[group], art_id)
+        where = hub.index_path()
+        if not found:
+            raise CohereError(f"{art_id!r} is not in the registry index ({where}); give --from ORG/NAME[@REV] "
+                              "or --from FOLDER (or point COHERE_REGISTRY at another index)")
+        if len(found) > 1:
+            options = ", ".join(f"{e['repo']}@{e['sha'][:12]}" for e in found)
+            raise CohereError(f"{art_id!r} has {len(found)} registry entries ({options}); choose one with "
+                              f"--from REPO@SHA")
+        e = found[0]
+        return {"origin": "hub", "repo": e["repo"], "revision": e.get("revision") or e["sha"], "sha": e["sha"],
+                "registry": True, "expected_files": dict(e["files"])}
+
+    def _find_in(self, group: str, art_id: str, path: Path) -> Path:
+        """An artifact folder, or the item's folder inside a models folder."""
+        if (path / CONFIG).is_file():
+            return path
+        inner = path / group / folder_name(group, art_id)
+        if (inner / CONFIG).is_file():
+            return inner
+        raise CohereError(f"{path}: neither an artifact folder (no {CONFIG}) nor a models folder with "
+                          f"{group}/{folder_name(group, art_id)}/; give the folder written by 'cohere {group} train'")
+
+    def _check_identity(self, group: str, art_id: str, config: dict, origin: dict) -> None:
+        kind, got = config.get("kind"), config.get("id")
+        where = origin.get("path") or f"{origin.get('repo')}@{str(origin.get('sha'))[:12]}"
+        if kind not in GROUPS[group]:
+            raise CohereError(f"{where}: holds a {kind!r} artifact, not one of {', '.join(GROUPS[group])}; "
+                              f"use 'cohere {'encoders' if kind == 'encoder' else 'experts'} add' for it")
+        if got != art_id:
+            raise CohereError(f"{where}: holds {kind} {got!r}, not {art_id!r}; ask for {got!r} or give the right "
+                              "repository or folder")
+
+    def _check_contract(self, art_id: str, recorded: dict, installed: dict, origin: dict | None) -> None:
+        """Every encoder the expert was trained on must be installed, with the same digest."""
+        commands, wrong = [], []
+        for m, digest in sorted(recorded.items()):
+            have = installed.get(m)
+            if have == digest:
+                continue
+            if have is not None:
+                wrong.append(f"the installed {m} encoder has digest {have} but {art_id} was trained on the {m} "
+                              f"encoder with digest {digest}")
+                continue
+            commands.append(self._encoder_command(m, digest, origin))
+        if wrong:
+            raise CohereError(f"latent-space contract: {'; '.join(wrong)}; experts must use exactly the encoders "
+                              f"they were trained with: install an expert trained on the installed encoder, or "
+                              f"replace the encoder (cohere encoders add M --from ... --force)")
+        if commands:
+            raise CohereError(f"{art_id} needs encoders that are not installed; install them first with: "
+                              + " && ".join(commands))
+
+    def _encoder_command(self, modality: str, digest: str, origin: dict | None) -> str:
+        try:
+            e = hub.find_encoder(modality, digest)
+        except CohereError:
+            e = None
+        if e is not None:
+            return f"cohere encoders add {modality} --from {e['repo']}@{e['sha']}"
+        if origin and origin.get("origin") == "path":
+            for base in (Path(origin["path"]), Path(origin["path"]).parent.parent):
+                cand = base / "encoders" / modality
+                if (cand / CONFIG).is_file() and read_config(cand).get("files", {}).get(WEIGHTS) == digest:
+                    return f"cohere encoders add {modality} --from {cand}"
+        return (f"cohere encoders add {modality} --from ORG/NAME (the {modality} encoder with digest "
+                f"{digest[:12]}; not in the registry index)")
+
+    def _check_dependents(self, modality: str, digest: str) -> None:
+        users = [e["id"] for e in self.entries("experts") if e["encoders"].get(modality) not in (None, digest)]
+        if users:
+            raise CohereError(f"installed experts {', '.join(users)} use the current {modality} encoder; a "
+                              f"different {modality} encoder would break their latent-space contract: remove them "
+                              f"first (cohere experts remove ID)")
+
+    def _check_loads(self, group: str, folder: Path) -> None:
+        """Strict load (sha256 of the weights against config.json, tensor names and shapes)."""
+        if group == "encoders":
+            from .encoders import load_encoder
+
+            load_encoder(folder)
+        else:
+            from .experts import load_model
+
+            load_model(folder)
+
+    def _entry(self, group: str, art_id: str, config: dict, files: dict, origin: dict) -> dict:
+        entry = {"id": art_id, "kind": config["kind"], "folder": f"{group}/{folder_name(group, art_id)}",
+                 "files": files, "digest": files[WEIGHTS], "metrics": config.get("metrics", {}),
+                 "installed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **origin}
+        if group == "encoders":
+            entry |= {"modality": config.get("modality", art_id), "encoder": config.get("encoder"),
+                      "encoders": {art_id: files[WEIGHTS]}}
+        else:
+            entry |= {"sources": list(config.get("sources", [])), "target": config.get("target"),
+                      "encoders": dict(sorted(config.get("encoders", {}).items())),
+                      "n_train": config.get("n_train")}
+        return entry
+
+    def _place(self, group: str, art_id: str, folder: Path, origin: str) -> None:
+        """Put the artifact at ``home/group/name``: a copy, or a link into the hub cache."""
+        dest = self.home / group / folder_name(group, art_id)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
+        try:
+            if origin == "hub":
+                tmp.rmdir()
+                try:
+                    os.symlink(os.path.relpath(folder, dest.parent), tmp, target_is_directory=True)
+                except OSError:  # no symlinks (e.g. Windows without developer mode): copy
+                    tmp.mkdir()
+                    for n in (CONFIG, WEIGHTS, CARD):
+                        shutil.copyfile(folder / n, tmp / n)
+            else:
+                for n in (CONFIG, WEIGHTS, CARD):
+                    shutil.copyfile(folder / n, tmp / n)
+            self._unplace(dest)
+            os.replace(tmp, dest)
+        finally:
+            self._unplace(tmp)
+
+    @staticmethod
+    def _unplace(path: Path) -> None:
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+        elif path.is_dir():
+            shutil.rmtree(path)
+
+    # -- remove
+
+    def remove(self, group: str, spec: str) -> dict:
+        """Uninstall; an encoder that installed experts use is refused. Returns the old entry."""
+        entry = self.entry(group, spec)
+        art_id = entry["id"]
+        if group == "encoders":
+            users = [e["id"] for e in self.entries("experts") if art_id in e["encoders"]]
+            if users:
+                raise CohereError(f"installed experts {', '.join(users)} use the {art_id} encoder; remove them "
+                                  f"first (cohere experts remove ID)")
+        data = self._read()
+        del data[group][art_id]
+        self._write(data)
+        self._unplace(self.home / entry["folder"])
+        if entry.get("origin") == "hub":
+            self._drop_snapshot(entry, data)
+        return entry
+
+    def _drop_snapshot(self, entry: dict, data: dict) -> None:
+        """Delete the cached revision unless another entry still uses it."""
+        still = [e for g in GROUPS for e in data[g].values()
+                 if e.get("repo") == entry["repo"] and e.get("sha") == entry["sha"]]
+        if still:
+            return
+        try:
+            from huggingface_hub import scan_cache_dir
+
+            cache = scan_cache_dir(self.home / "hub")
+            cache.delete_revisions(entry["sha"]).execute()
+        except Exception:  # a missing or foreign cache is not worth failing a removal
+            pass
+
+    # -- sizes
+
+    def size(self, entry: dict) -> int:
+        """Bytes of the installed files (0 for missing ones)."""
+        folder = self.home / entry["folder"]
+        return sum((folder / n).stat().st_size for n in entry["files"] if (folder / n).is_file())
+
+
+# ---------------------------------------------------------------- the store as a default plugin
+
+
+@hookimpl
+def register_encoders(register):
+    store = Store()
+    for e in store.entries("encoders"):
+        register(e["id"], store.home / e["folder"])
+
+
+@hookimpl
+def register_experts(register):
+    store = Store()
+    for e in store.entries("experts"):
+        register(e["id"], store.home / e["folder"])

@@ -1,0 +1,159 @@
+"""The paper's experiments end to end on a small simulated cohort with tiny models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cohere.errors import CohereError
+
+MODS = ["cna", "rnaseq", "rppa"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    import torch
+
+    from cohere.diffusion.train import TrainConfig
+    from cohere.evaluation.pipeline import train_models
+    from cohere.simulate import simulate_cohort
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("eval")
+    cohort, _ = simulate_cohort(n_patients=1000, seed=3, features={"cna": 60, "rnaseq": 60, "rppa": 40, "wsi": 0})
+    cohort.write(root / "cohort")
+    config = TrainConfig(steps=300, eval_every=100, batch_size=128, hidden=64, layers=2, time_dim=16,
+                         val_steps=5, ema_decay=0.95)
+    train_models(cohort, root / "models", MODS, config, {"max_epochs": 5, "hidden": (64,)}, log=lambda s: None)
+    return root, cohort
+
+
+@pytest.fixture(scope="module")
+def data(setup):
+    from cohere.evaluation.experiments import EvalData
+
+    root, cohort = setup
+    return EvalData.load(cohort, root / "models", MODS)
+
+
+@pytest.fixture(scope="module")
+def forests(data):
+    from cohere.evaluation.experiments import DownstreamModels, ForestSettings
+
+    return DownstreamModels(data, ForestSettings(rf_trees=15, rsf_trees=4)).fit()
+
+
+def test_eval_data_uses_complete_val_patients(data, setup):
+    _, cohort = setup
+    assert set(data.test_ids) <= set(cohort.ids_in("val")) and len(data.test_ids) >= 20
+    assert all(data.test[m].shape == (len(data.test_ids), 32) for m in MODS)
+    assert not set(data.test_ids) & set(data.train_ids)
+
+
+def test_generated_is_cached_and_seeded(data):
+    a = data.generated("rppa", ("cna",), "coherent", 2, seed=5)
+    assert a.shape == (2, len(data.test_ids), 32)
+    assert data.generated("rppa", ("cna",), "coherent", 2, seed=5) is a
+    data.cache.pop(("rppa", ("cna",), "coherent", 2, 5))
+    np.testing.assert_array_equal(data.generated("rppa", ("cna",), "coherent", 2, seed=5), a)
+
+
+def test_reconstruction_rows_and_calibrated_line(data):
+    from cohere.evaluation.experiments import reconstruction
+
+    df = reconstruction(data, draws=2, iterative=False)
+    # 3 targets x 3 conditioning sets x (2 generators + mean, knn, ridge, random neighbour)
+    assert len(df) == 3 * 3 * 6
+    assert set(df.method) == {"expert", "coherent", "multi", "mean", "knn", "ridge", "random neighbour"}
+    np.testing.assert_allclose(df.calibrated_single_draw_r2, 2 * df.r2_of_mean - 1)
+    point = df[df.method.isin(["mean", "knn", "ridge"])]
+    assert (point.var_pct == 0).all() and np.allclose(point.r2, point.r2_of_mean)
+    assert (df[df.method == "random neighbour"].var_pct > 0).all()
+    assert np.isfinite(df[["r2", "r2_of_mean", "energy_score"]].to_numpy()).all()
+    with pytest.raises(CohereError, match="draws >= 2"):
+        reconstruction(data, draws=1)
+
+
+def test_privacy_metrics_and_dcr(data):
+    from cohere.evaluation.experiments import expert_ensemble_unconditional, privacy
+
+    x = expert_ensemble_unconditional(data, "cna", 30, seed=1)
+    assert x.shape == (30, 32) and np.isfinite(x).all()
+    res = privacy(data, runs=2, max_reference=200)
+    assert set(res.table.method) == {"multi (all masked)", "experts (zero condition)", "held-out real"}
+    assert res.table[["precision", "recall", "f1"]].apply(lambda c: c.between(0, 1).all()).all()
+    assert (res.table.energy_distance >= 0).all()
+    assert len(res.dcr) == 3 * 2 and res.dcr.passes.dtype == bool
+    assert res.samples[("rppa", "multi (all masked)")].shape == (200, 32)
+
+
+def test_completion_and_table2_layout(data, forests):
+    from cohere.evaluation.experiments import completion, completion_table
+
+    runs = completion(data, forests, runs=2)
+    assert {"full", "ablated", "multi", "coherent", "mean-imputed", "knn-imputed", "cancer type only"} <= set(
+        runs.condition)
+    assert runs.os_cindex.between(0, 1).all() and runs.stage_f1.between(0, 1).all()
+    table = completion_table(runs)
+    assert len(table) == 7 * 2  # every non-empty removed set x {stage F1, C-index}
+    row = table[(table.removed == "rnaseq") & (table.metric == "stage_f1")].iloc[0]
+    assert row["drop"] == pytest.approx(row["ablated"] - row["full"])
+    assert row["gain coherent"] == pytest.approx(row["coherent"] - row["ablated"])
+
+
+def test_counterfactual_curves_meet_at_the_ends(data, forests):
+    from cohere.evaluation.experiments import counterfactual
+
+    curves, areas = counterfactual(data, forests, "rnaseq", repeats=2, orders=3, draws=2, n_fractions=5)
+    for _, c in curves.groupby(["task", "repeat"]):
+        ends = c[c.fraction.isin([0.0, 1.0])]
+        np.testing.assert_allclose(ends.informed, ends.random)
+    assert len(areas) == 2 * 2 and areas[["auc_informed", "auc_random"]].apply(np.isfinite).all().all()
+    with pytest.raises(CohereError, match="not one of"):
+        counterfactual(data, forests, "wsi")
+
+
+def test_run_all_writes_the_report(data, tmp_path):
+    from cohere.evaluation.experiments import ForestSettings
+    from cohere.evaluation.pipeline import Plan, run_all
+
+    plan = Plan(draws=2, privacy_runs=1, privacy_reference=150, signal_trees=10,
+                forests=ForestSettings(rf_trees=10, rsf_trees=3), cf_repeats=1, cf_orders=2, iterative=False,
+                reducer="pca")
+    run_all(data, tmp_path, plan, {"note": "test"}, log=lambda s: None)
+    text = (tmp_path / "report.md").read_text()
+    for heading in ("1. Reconstruction", "2. Manifold (PCA)", "3. Signal preservation", "4. Downstream completion",
+                    "5. Counterfactual", "6. Privacy"):
+        assert heading in text
+    for f in ("reconstruction.csv", "privacy_runs.csv", "privacy_dcr.csv", "signal.csv", "downstream.csv",
+              "counterfactual_auc.csv", "meta.json"):
+        assert (tmp_path / f).is_file()
+    pytest.importorskip("matplotlib")
+    assert (tmp_path / "manifold.png").is_file() and (tmp_path / "reconstruction.png").is_file() and (tmp_path / "counterfactual.png").is_file()
+
+
+def test_cli_evaluate_and_prioritize(setup, tmp_path, capsys):
+    from cohere.cli import main
+
+    root, cohort = setup
+    with pytest.raises(SystemExit) as e:
+        main(["evaluate", "reconstruction", "--cohort", str(root / "cohort"), "--models", str(root / "models"),
+              "--out", str(tmp_path / "r"), "--draws", "2", "--no-iterative"])
+    assert e.value.code == 0 and (tmp_path / "r" / "reconstruction.csv").is_file()
+    with pytest.raises(SystemExit) as e:
+        main(["prioritize", "--modality", "rnaseq", "--cohort", str(root / "cohort"), "--models",
+              str(root / "models"), "--draws", "2", "--trees", "10", "--rsf-trees", "3", "--top", "5",
+              "--out", str(tmp_path / "rank.csv")])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "rank" in out and "score" in out
+    import pandas as pd
+
+    ranking = pd.read_csv(tmp_path / "rank.csv")
+    lacking = set(cohort.samples(["cna", "rppa"])) - set(cohort.tables["rnaseq"].index)
+    assert set(ranking["sample"]) == lacking
+    assert ranking.score.is_monotonic_decreasing
+    with pytest.raises(SystemExit) as e:
+        main(["prioritize", "--modality", "rnaseq", "--cohort", str(root / "cohort"), "--models",
+              str(root / "models"), "--task", "grade"])
+    assert e.value.code == 1

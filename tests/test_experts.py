@@ -1,0 +1,282 @@
+"""Experts and multi-condition models as artifacts, the sampling loop, and the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cohere.artifacts import sha256_file
+from cohere.cli import main
+from cohere.diffusion import Denoiser, DenoiserConfig, NoiseSchedule
+from cohere.diffusion.train import TrainConfig
+from cohere.errors import CohereError
+from cohere.experts import Expert, MultiConditionModel, folder_name, load_model, model_dir, parse_id
+from cohere.sampling import Member, sample_latents
+
+TINY = TrainConfig(hidden=32, layers=2, time_dim=16, cond_emb_dim=8, steps=40, eval_every=20, batch_size=32,
+                   val_steps=4)
+DIGESTS = {"rnaseq": "a" * 64, "cna": "b" * 64, "rppa": "c" * 64}
+
+
+class Enc:  # stands in for a loaded encoder: only the digest matters to the contract
+    def __init__(self, digest):
+        self.digest = digest
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    c = rng.standard_normal((120, 32)).astype(np.float32)
+    x = (np.tanh(c[:, ::-1]) + 0.1 * rng.standard_normal((120, 32))).astype(np.float32)
+    return c, x
+
+
+@pytest.fixture(scope="module")
+def expert(data):
+    c, x = data
+    return Expert.fit("rnaseq", "cna", c, x, DIGESTS, TINY)
+
+
+@pytest.fixture(scope="module")
+def multi(data):
+    c, x = data
+    r = np.where(np.arange(120)[:, None] < 40, np.nan, c[:, :16].repeat(2, 1)).astype(np.float32)
+    return MultiConditionModel.fit("cna", x, {"rnaseq": c, "rppa": r}, DIGESTS, TINY)
+
+
+# ----------------------------------------------------------------------------- ids
+
+
+def test_ids_and_folders():
+    assert parse_id("rnaseq->cna") == ("rnaseq", "cna") and folder_name("multi->cna") == "multi_to_cna"
+    assert model_dir("M", "rnaseq->cna").as_posix() == "M/experts/rnaseq_to_cna"
+    for bad in ("cna", "cna->cna", "->cna", "a->b->c"):
+        with pytest.raises(CohereError, match="model id|must differ"):
+            parse_id(bad)
+
+
+# ----------------------------------------------------------------------------- sampling loop
+
+
+def _model(seed=0, k=1):
+    torch.manual_seed(seed)
+    return Denoiser(DenoiserConfig(latent_dim=8, cond_dims=(5,) * k, hidden=16, layers=2, time_dim=8, cond_emb_dim=4)).eval()
+
+
+@pytest.mark.parametrize("method,steps,eta", [("ddpm", None, 0.0), ("ddim", 10, 0.0), ("ddim", 7, 1.0), ("dpmpp2m", 8, 0.0)])
+def test_one_member_equals_the_schedule_loop(method, steps, eta):
+    model, sched = _model(), NoiseSchedule(100)
+    c = torch.randn(6, 5, generator=torch.Generator().manual_seed(1))
+    got = sample_latents([Member(model, [c])], sched, 6, method=method, steps=steps, eta=eta,
+                         generator=torch.Generator().manual_seed(2))
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(6, 8, generator=g)
+    with torch.no_grad():
+        if method == "ddpm":
+            for t in range(99, -1, -1):
+                x = sched.ddpm_step(model(x, t, [c]), t, x, generator=g).prev_sample
+        else:
+            ts = sched.ddim_timesteps(steps).tolist()
+            last_x0 = last_t = None
+            for t, tp in zip(ts, ts[1:] + [-1]):
+                if method == "ddim":
+                    x = sched.ddim_step(model(x, t, [c]), t, tp, x, eta=eta, generator=g).prev_sample
+                else:
+                    out = sched.dpmpp_2m_step(model(x, t, [c]), t, tp, x, last_x0, last_t)
+                    x, last_x0, last_t = out.prev_sample, out.pred_original_sample, t
+    assert torch.equal(got, x)
+
+
+def test_consensus_is_the_weighted_mean_of_member_predictions():
+    m1, m2, sched = _model(0), _model(1, k=2), NoiseSchedule(50)
+    c = torch.randn(4, 5)
+    mask = torch.tensor([[1.0, 0.0]] * 4)
+    seen = []
+    x = sample_latents([Member(m1, [c], weight=3.0), Member(m2, [c, c], mask, weight=1.0)], sched, 4,
+                       steps=5, generator=torch.Generator().manual_seed(0), on_step=seen.append)
+    assert x.shape == (4, 8) and len(seen) == 5 and seen[0].t == 49
+    s = seen[2]
+    assert torch.allclose(s.weights, torch.tensor([0.75, 0.25]))
+    with torch.no_grad():
+        e1, e2 = m1(s.x_t, s.t, [c]), m2(s.x_t, s.t, [c, c], mask)
+    torch.testing.assert_close(s.eps, 0.75 * e1 + 0.25 * e2)
+    # two copies of one member = that member alone
+    one = sample_latents([Member(m1, [c])], sched, 4, steps=5, generator=torch.Generator().manual_seed(0))
+    two = sample_latents([Member(m1, [c], weight=0.2), Member(m1, [c], weight=0.2)], sched, 4, steps=5,
+                         generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(one, two)
+
+
+def test_sampling_input_errors():
+    m, sched, c = _model(), NoiseSchedule(50), torch.randn(4, 5)
+    with pytest.raises(CohereError, match="training mode"):
+        sample_latents([Member(_model().train(), [c])], sched, 4)
+    with pytest.raises(CohereError, match="unknown sampling method"):
+        sample_latents([Member(m, [c])], sched, 4, method="euler")
+    with pytest.raises(CohereError, match="runs all 50 steps"):
+        sample_latents([Member(m, [c])], sched, 4, method="ddpm", steps=10)
+    with pytest.raises(CohereError, match="condition has 4 rows, expected n = 3"):
+        sample_latents([Member(m, [c])], sched, 3)
+    with pytest.raises(CohereError, match="weights sum to zero"):
+        sample_latents([Member(m, [c], weight=0.0)], sched, 4)
+    with pytest.raises(CohereError, match="at least one member"):
+        sample_latents([], sched, 4)
+
+
+# ----------------------------------------------------------------------------- artifacts
+
+
+def test_expert_round_trip_is_bit_exact(tmp_path, expert, data):
+    c, _ = data
+    folder = tmp_path / "experts" / expert.folder_name
+    digest = expert.save(folder)
+    assert digest == sha256_file(folder / "model.safetensors") and folder.name == "rnaseq_to_cna"
+    back = load_model(folder, {m: Enc(d) for m, d in DIGESTS.items()})
+    assert isinstance(back, Expert) and back.id == "rnaseq->cna" and back.digest == digest
+    sb, se = back.model.state_dict(), expert.model.state_dict()
+    assert all(torch.equal(sb[k], se[k]) and sb[k].dtype == se[k].dtype for k in se)  # incl. long num_batches_tracked
+    assert np.array_equal(back.sample(c[:10], n_draws=3, seed=5), expert.sample(c[:10], n_draws=3, seed=5))
+    assert np.array_equal(back.sample(c[:10], method="ddpm", seed=1), expert.sample(c[:10], method="ddpm", seed=1))
+    cfg = json.loads((folder / "config.json").read_text())
+    assert cfg["kind"] == "expert" and cfg["source"] == "rnaseq" and cfg["target"] == "cna"
+    assert cfg["encoders"] == {"rnaseq": DIGESTS["rnaseq"], "cna": DIGESTS["cna"]}
+    assert cfg["schedule"] == {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02,
+                               "beta_schedule": "linear", "prediction_type": "epsilon"}
+    assert {"val_loss", "val_r2", "val_energy"} <= set(cfg["metrics"]) and cfg["n_train"] == 108
+    assert cfg["training"]["recipe"]["hidden"] == 32 and back.train_config == expert.train_config
+    card = (folder / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: cohere") and "- cohere-expert" in card
+    assert "Research use only" in card and DIGESTS["rnaseq"] in card and 'id: "rnaseq->cna"' in card
+
+
+def test_multi_round_trip_and_masking(tmp_path, multi, data):
+    c, _ = data
+    assert multi.id == "multi->cna" and multi.sources == ["rnaseq", "rppa"]
+    assert multi.training["n_with_source"] == {"rnaseq": 120, "rppa": 80}
+    folder = tmp_path / multi.folder_name
+    multi.save(folder)
+    back = load_model(folder)
+    assert isinstance(back, MultiConditionModel) and folder.name == "multi_to_cna"
+    conds = {"rnaseq": c[:8], "rppa": c[:8, :16].repeat(2, 1)}
+    assert np.array_equal(back.sample(conds, n_draws=2, seed=0), multi.sample(conds, n_draws=2, seed=0))
+    # a masked source's values are never used: omitted == NaN rows; garbage under NaN is impossible
+    only = back.sample({"rnaseq": c[:8]}, seed=1)
+    assert np.array_equal(only, back.sample({"rnaseq": c[:8], "rppa": np.full((8, 32), np.nan)}, seed=1))
+    assert not np.array_equal(only, back.sample(conds, seed=1))
+    rows = back.sample({"rnaseq": pd.DataFrame(c[:8]), "rppa": np.where(np.arange(8)[:, None] < 4, np.nan, conds["rppa"])}, seed=1)
+    assert rows.shape == (1, 8, 32)
+    assert back.sample({}, n=5, seed=0).shape == (1, 5, 32)  # the empty set
+    card = (folder / "README.md").read_text()
+    assert "- cohere-multi" in card and "rnaseq, rppa" in card
+    with pytest.raises(CohereError, match="unknown source modality 'wsi'"):
+        back.sample({"wsi": c[:8]})
+    with pytest.raises(CohereError, match="partly NaN"):
+        back.sample({"rnaseq": np.where(np.eye(8, 32) > 0, np.nan, c[:8])})
+    with pytest.raises(CohereError, match="number of rows n"):
+        back.sample({})
+
+
+def test_tampered_weights_are_refused(tmp_path, expert):
+    folder = tmp_path / "e"
+    expert.save(folder)
+    raw = bytearray((folder / "model.safetensors").read_bytes())
+    raw[-3] ^= 0xFF
+    (folder / "model.safetensors").write_bytes(bytes(raw))
+    with pytest.raises(CohereError, match="does not match the recorded"):
+        load_model(folder)
+
+
+def test_config_and_weights_must_agree(tmp_path, expert):
+    folder = tmp_path / "e"
+    expert.save(folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["architecture"]["hidden"] = 64  # the weights are 32 wide
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CohereError, match="has shape .* expected"):
+        load_model(folder)
+    cfg["architecture"]["hidden"], cfg["kind"] = 32, "encoder"
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CohereError, match="expected an expert or a multi-condition model"):
+        load_model(folder)
+
+
+def test_encoder_digest_mismatch_is_refused_naming_both(tmp_path, expert):
+    folder = tmp_path / "e"
+    expert.save(folder)
+    other = "d" * 64
+    with pytest.raises(CohereError, match=f"digest {DIGESTS['cna']}.*digest {other}"):
+        load_model(folder, {"rnaseq": Enc(DIGESTS["rnaseq"]), "cna": Enc(other)})
+    with pytest.raises(CohereError, match=f"rnaseq encoder with digest {DIGESTS['rnaseq']}"):
+        expert.check_encoders({"rnaseq": other})
+    expert.check_encoders({"rnaseq": Enc(DIGESTS["rnaseq"])})  # a subset is checked, no error
+    with pytest.raises(CohereError, match="no encoder given for modality 'cna'"):
+        Expert.fit("rnaseq", "cna", np.zeros((20, 32)), np.zeros((20, 32)), {"rnaseq": Enc("x")}, TINY)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+@pytest.fixture(scope="module")
+def tiny_cohort(tmp_path_factory):
+    """60 patients, cna (all) + rppa (40), 40 features each, PCA encoders."""
+    from cohere.cohort import Cohort
+    from cohere.encoders import make_encoder
+    from cohere.plugins import get_modality
+
+    rng = np.random.default_rng(0)
+    ids = [f"P{i:03d}" for i in range(60)]
+    z = rng.standard_normal((60, 4))
+    cna = pd.DataFrame(np.clip(0.3 * z @ rng.standard_normal((4, 40)), -2, 2), index=ids,
+                       columns=[f"g{j}" for j in range(40)]).astype(np.float32)
+    rppa = pd.DataFrame(z @ rng.standard_normal((4, 40)) + 0.3 * rng.standard_normal((60, 40)), index=ids,
+                        columns=[f"p{j}" for j in range(40)]).astype(np.float32).iloc[:40]
+    split = pd.Series(["train"] * 50 + ["val"] * 10, index=ids, name="split")
+    root = tmp_path_factory.mktemp("cli")
+    Cohort({"cna": cna, "rppa": rppa}, split=split).write(root / "cohort")
+    for m, table in (("cna", cna), ("rppa", rppa)):
+        make_encoder(get_modality(m), kind="pca").fit(table.iloc[:35]).save(root / "models" / "encoders" / m)
+    return root
+
+
+def cli(args) -> int:
+    """Run the console entry point; return its exit code."""
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    return e.value.code
+
+
+def test_cli_trains_all_and_writes_artifacts(tiny_cohort, capsys):
+    root = tiny_cohort
+    assert cli(["experts", "train", "--all", "--cohort", str(root / "cohort"), "--models", str(root / "models"),
+                "--steps", "20", "--hidden", "32", "--layers", "2", "--seed", "1"]) == 0
+    out = capsys.readouterr().out
+    folders = sorted(p.name for p in (root / "models" / "experts").iterdir())
+    assert folders == ["cna_to_rppa", "multi_to_cna", "multi_to_rppa", "rppa_to_cna"]
+    assert "trained 4 model(s)" in out
+    cfg = json.loads((root / "models" / "experts" / "multi_to_cna" / "config.json").read_text())
+    enc = json.loads((root / "models" / "encoders" / "rppa" / "config.json").read_text())
+    assert cfg["encoders"]["rppa"] == enc["files"]["model.safetensors"] and cfg["sources"] == ["rppa"]
+    assert cfg["training"]["recipe"]["steps"] == 20 and cfg["training"]["recipe"]["seed"] == 1
+    assert cli(["experts", "list", "--models", str(root / "models")]) == 0
+    assert "multi->rppa" in capsys.readouterr().out
+
+
+def test_cli_errors_are_one_line(tiny_cohort, tmp_path, capsys):
+    root = tiny_cohort
+    code = cli(["experts", "train", "--all", "--cohort", str(root / "cohort"), "--models", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 1 and "no encoders in" in err and "cohere encoders train --all" in err
+    assert err.count("\n") == 1
+    for args, msg in ((["rnaseq->cna"], "no 'rnaseq' in the cohort with an encoder"),
+                      ([], "give model ids"), (["cna->rppa", "--device", "tpu"], "expected cpu or cuda")):
+        assert cli(["experts", "train", *args, "--cohort", str(root / "cohort"), "--models", str(root / "models")]) != 0
+        assert msg in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert cli(["experts", "train", "cna->rppa", "--device", "cuda", "--cohort", str(root / "cohort"),
+                    "--models", str(root / "models")]) == 1
+        assert "no CUDA GPU" in capsys.readouterr().err

@@ -1,0 +1,265 @@
+"""The plugin host: hooks, COHERE_LOAD_PLUGINS, broken plugins, duplicate ids, `cohere plugins`.
+
+Plugins are registered in fixtures and always unregistered (``plugins.reset()``), in the
+style of simonw/llm's tests. Installed plugins are simulated with a throw-away
+``*.dist-info`` folder on ``sys.path`` (a real entry point in group ``cohere``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+
+import pytest
+
+from cohere import plugins
+from cohere.cli import main
+from cohere.errors import CohereError
+from cohere.hookspecs import hookimpl
+from cohere.modalities import Modality
+
+
+def run(args, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    out = capsys.readouterr()
+    return exc.value.code, out.out, out.err
+
+
+@pytest.fixture(autouse=True)
+def clean(monkeypatch, tmp_path):
+    """Only the default plugins and what a test adds; an empty store."""
+    monkeypatch.setenv("COHERE_LOAD_PLUGINS", "")
+    monkeypatch.delenv("COHERE_STRICT_PLUGINS", raising=False)
+    monkeypatch.setenv("COHERE_HOME", str(tmp_path / "home"))
+    plugins.reset()
+    yield
+    plugins.reset()
+
+
+class Zeta(Modality):
+    name = "zeta"
+    input_forms = {"values": "plain values"}
+
+
+class Alpha(Modality):
+    name = "alpha"
+    input_forms = {"values": "plain values"}
+
+
+class ModalityPlugin:
+    """A plugin object registering two modalities (out of order) and one expert."""
+
+    def __init__(self, folder="/nowhere/experts/alpha_to_zeta"):
+        self.folder = folder
+
+    @hookimpl
+    def register_modalities(self, register):
+        register(Zeta())
+        register(Alpha())
+
+    @hookimpl
+    def register_experts(self, register):
+        register("alpha->zeta", self.folder)
+
+
+@pytest.fixture
+def with_plugin():
+    """Register a plugin object for one test; always unregister it."""
+    pm = plugins.plugin_manager()
+    added = []
+
+    def add(plugin, name):
+        pm.register(plugin, name=name)
+        plugins.modalities.cache_clear()
+        added.append(name)
+        return plugin
+
+    yield add
+    for name in added:
+        if pm.has_plugin(name):
+            pm.unregister(name=name)
+    plugins.reset()
+
+
+def test_builtins_are_a_default_plugin_and_items_are_sorted(with_plugin):
+    assert plugins.modality_names() == ["cna", "rnaseq", "rppa", "wsi"]
+    with_plugin(ModalityPlugin(), "test-modalities")
+    assert plugins.modality_names() == ["alpha", "cna", "rnaseq", "rppa", "wsi", "zeta"]
+    assert plugins.get_modality("zeta").name == "zeta"
+    assert list(plugins.experts()) == ["alpha->zeta"]
+    assert plugins.experts("cna") == {}
+    assert plugins.owners("register_experts") == {"alpha->zeta": "test-modalities"}
+
+
+def test_same_id_from_two_plugins_is_an_error_naming_both(with_plugin):
+    with_plugin(ModalityPlugin(), "plugin-one")
+    with_plugin(ModalityPlugin("/elsewhere"), "plugin-two")
+    with pytest.raises(CohereError, match=r"modality 'alpha' is registered by 'plugin-one' and by 'plugin-two'"):
+        plugins.modality_names()
+    with pytest.raises(CohereError, match=r"expert 'alpha->zeta' is registered by 'plugin-one' and by 'plugin-two'"):
+        plugins.experts()
+
+
+def test_a_plugin_cannot_shadow_a_builtin(with_plugin):
+    class Fake:
+        @hookimpl
+        def register_modalities(self, register):
+            class CNA(Modality):
+                name = "cna"
+                input_forms = {"x": "x"}
+
+            register(CNA())
+
+    with_plugin(Fake(), "shadow")
+    with pytest.raises(CohereError, match=r"'cna' is registered by 'cohere.modalities.builtin' and by 'shadow'"):
+        plugins.get_modality("cna")
+
+
+def test_a_raising_hook_or_invalid_registration_is_skipped_with_a_warning(with_plugin, capsys, monkeypatch):
+    class Raises:
+        @hookimpl
+        def register_modalities(self, register):
+            register(Alpha())
+            raise RuntimeError("boom\nsecond line")
+
+    class Invalid:
+        @hookimpl
+        def register_experts(self, register):
+            register("not an id", "/x")
+
+    with_plugin(Raises(), "raises")
+    with_plugin(Invalid(), "invalid")
+    assert plugins.modality_names() == ["cna", "rnaseq", "rppa", "wsi"]  # nothing of "raises" is kept
+    assert plugins.experts() == {}
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line]
+    assert len(lines) == 2
+    assert lines[0].startswith("warning: skipping plugin 'raises'") and "RuntimeError: boom" in lines[0]
+    assert "plugin 'invalid'" in lines[1] and "register_experts" in lines[1]
+    monkeypatch.setenv("COHERE_STRICT_PLUGINS", "1")
+    plugins.modalities.cache_clear()
+    with pytest.raises(CohereError, match=r"plugin 'raises' \(raises\) failed in register_modalities: RuntimeError: boom"):
+        plugins.modality_names()
+
+
+# ---------------------------------------------------------------- installed (entry-point) plugins
+
+
+def install(site, dist: str, module: str, source: str, version: str = "1.2.3") -> None:
+    """A fake installed distribution with an entry point in group ``cohere``."""
+    (site / f"{module}.py").write_text(textwrap.dedent(source))
+    info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    (info / "entry_points.txt").write_text(f"[cohere]\n{module.split('_', 1)[1]} = {module}\n")
+
+
+GOOD = """
+    import typer
+    from cohere.hookspecs import hookimpl
+    from cohere.modalities import Modality
+
+    class Omega(Modality):
+        name = "omega"
+        input_forms = {"values": "plain values"}
+
+    @hookimpl
+    def register_modalities(register):
+        register(Omega())
+
+    @hookimpl
+    def register_commands(app):
+        @app.command("hello")
+        def hello(name: str = "world"):
+            '''Say hello (from a plugin).'''
+            typer.echo(f"hello {name}")
+"""
+
+BROKEN = """
+    raise ImportError("cannot import name 'gone' from 'somewhere'")
+"""
+
+TYPO = """
+    from cohere.hookspecs import hookimpl
+
+    @hookimpl
+    def register_modality(register):
+        pass
+"""
+
+
+@pytest.fixture
+def site(tmp_path, monkeypatch):
+    site = tmp_path / "site"
+    site.mkdir()
+    install(site, "cohere-good", "cohere_good", GOOD)
+    install(site, "cohere-broken", "cohere_broken", BROKEN, "0.0.1")
+    monkeypatch.syspath_prepend(str(site))
+    yield site
+    for m in ("cohere_good", "cohere_broken", "cohere_typo"):
+        sys.modules.pop(m, None)
+
+
+def test_load_plugins_env_is_read_when_plugins_load(site, monkeypatch, capsys):
+    monkeypatch.setenv("COHERE_LOAD_PLUGINS", "")
+    plugins.reset()
+    assert "omega" not in plugins.modality_names()
+    monkeypatch.setenv("COHERE_LOAD_PLUGINS", "cohere-good")
+    assert "omega" not in plugins.modality_names()  # cached until reset(): read at load time
+    plugins.reset()
+    assert "omega" in plugins.modality_names()
+    monkeypatch.setenv("COHERE_LOAD_PLUGINS", "cohere_good, other")  # names are normalised
+    plugins.reset()
+    assert "omega" in plugins.modality_names()
+    assert capsys.readouterr().err == ""  # the broken one was not even tried
+
+
+def test_broken_plugin_is_skipped_with_one_line_naming_it(site, monkeypatch, capsys):
+    monkeypatch.delenv("COHERE_LOAD_PLUGINS")  # unset: every installed plugin
+    plugins.reset()
+    names = plugins.modality_names()
+    assert "omega" in names  # the good one still works
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if "cohere-broken" in line]
+    assert len(warnings) == 1 and err.count("\n") == 1
+    assert "warning: skipping plugin 'cohere-broken' (broken = cohere_broken) failed to load: ImportError" in warnings[0]
+    monkeypatch.setenv("COHERE_STRICT_PLUGINS", "1")
+    plugins.reset()
+    with pytest.raises(CohereError, match=r"plugin 'cohere-broken' .*failed to load.*COHERE_STRICT_PLUGINS"):
+        plugins.modality_names()
+
+
+def test_the_cli_survives_a_broken_plugin_and_lists_plugins(site, monkeypatch, capsys):
+    monkeypatch.delenv("COHERE_LOAD_PLUGINS")
+    plugins.reset()
+    code, out, err = run(["plugins", "--json"], capsys)
+    assert code == 0
+    found = {p["name"]: p for p in json.loads(out)}
+    assert found["cohere-good"]["version"] == "1.2.3"
+    assert found["cohere-good"]["hooks"] == ["register_commands", "register_modalities"]
+    assert found["cohere-broken"]["hooks"] == [] and "ImportError" in found["cohere-broken"]["error"]
+    assert "cohere.store" not in found
+    assert err.count("warning: skipping plugin 'cohere-broken'") == 1
+    code, out, _ = run(["plugins", "--all", "--json"], capsys)
+    names = [p["name"] for p in json.loads(out)]
+    assert names[:2] == ["cohere.modalities.builtin", "cohere.store"]
+    code, out, _ = run(["plugins"], capsys)
+    assert "cohere-good 1.2.3  register_commands, register_modalities" in out and "SKIPPED" in out
+
+
+def test_register_commands_adds_a_command(site, monkeypatch, capsys):
+    monkeypatch.setenv("COHERE_LOAD_PLUGINS", "cohere-good")
+    plugins.reset()
+    code, out, _ = run(["hello", "--name", "cohere"], capsys)
+    assert code == 0 and out == "hello cohere\n"
+
+
+def test_a_hook_with_a_typo_is_a_broken_plugin(site, monkeypatch, capsys):
+    install(site, "cohere-typo", "cohere_typo", TYPO)
+    monkeypatch.setenv("COHERE_LOAD_PLUGINS", "cohere-typo")
+    plugins.reset()
+    assert plugins.modality_names() == ["cna", "rnaseq", "rppa", "wsi"]
+    err = capsys.readouterr().err
+    assert "skipping plugin 'cohere-typo'" in err and "register_modality" in err
