@@ -154,9 +154,9 @@ class Cohort:
                     raise CohereError(f"two tables for modality {f.stem!r} ({files[f.stem].name}, "
                                       f"{f.name}); keep one")
                 files[f.stem] = f
-        # unknown tables are skipped (and listed in ``ignored``) unless asked for by name
+        # tables of unknown modalities are skipped (and listed in ``ignored``)
         wanted = [m for m in sorted(files) if m in known] if modalities is None else list(modalities)
-        ignored = [files[m].name for m in sorted(files) if m not in wanted]
+        ignored = [files[m].name for m in sorted(files) if m not in known]
         for m in wanted:
             if m not in known:
                 raise CohereError(f"unknown modality {m!r}; known modalities: {', '.join(known)} "

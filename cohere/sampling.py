@@ -230,6 +230,7 @@ def generate(
     threshold: float = 1.0,
     fraction: float = 0.10,
     attempts: int = 10,
+    x0_bounds: tuple[Tensor, Tensor] | None = None,
 ) -> Generation:
     """Coherent Denoising with rejection: ``draws`` samples for each of ``n`` rows.
 
@@ -237,6 +238,7 @@ def generate(
     whose coherence exceeds ``threshold`` on more than ``fraction`` of its steps is rejected
     and only the rejected rows are regenerated from fresh noise, up to ``attempts`` in all;
     the attempt with the fewest incoherent steps is kept. The paper's code uses 1.0 / 0.10 / 10.
+    ``x0_bounds`` is passed to :func:`sample_latents` (clamp of the x_0 estimate).
     """
     if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
         raise CohereError(f"draws must be a positive int, got {draws!r}")
@@ -262,7 +264,8 @@ def generate(
         bad = torch.zeros(len(index), device=device)
         def count(info: StepInfo) -> None:
             bad.add_((coherence(info.eps_members, info.weights) > threshold).float())
-        x = sample_latents(sub, schedule, len(index), method, steps, eta, generator, on_step=count)
+        x = sample_latents(sub, schedule, len(index), method, steps, eta, generator, on_step=count,
+                           x0_bounds=x0_bounds)
         return x, bad / n_steps
 
     everyone = torch.arange(rows, device=device)

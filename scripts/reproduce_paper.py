@@ -56,8 +56,8 @@ def main(argv=None) -> int:
     if args.models is None:
         models = out / "models"
         if args.quick:
-            config = TrainConfig(steps=600, eval_every=200, batch_size=256, hidden=128, layers=3, time_dim=32,
-                                 val_steps=10, ema_decay=0.99, seed=args.seed)
+            # the default architecture and optimiser, a tenth of the step budget
+            config = TrainConfig(steps=1500, eval_every=300, val_steps=10, ema_decay=0.99, seed=args.seed)
             enc_kwargs = {"max_epochs": 15}
             max_train = 2000
         else:

@@ -57,7 +57,7 @@ class TrainConfig:
     one core: 6.8 ms at width 256 x 4 layers, 18 ms at 512 x 4, 56 ms at 1024 x 4, batch 256);
     lr 6e-3 beat 1e-3, 3e-3 and 1e-2; a constant lr after a short warm-up with an EMA of the
     weights, so that a longer budget only extends the same trajectory; energy-score selection
-    with early stopping, which ends most experts well before the 12,000-step budget."""
+    with early stopping, which ends most models well before the 20,000-step budget."""
 
     # architecture, within the paper's grid
     hidden: int = 256
@@ -65,7 +65,7 @@ class TrainConfig:
     time_dim: int = 64
     cond_emb_dim: int = 32
     # optimisation
-    steps: int = 12000  # optimizer steps at most (early stopping usually ends sooner)
+    steps: int = 20000  # optimizer steps at most (early stopping usually ends sooner)
     batch_size: int = 256
     lr: float = 6e-3  # peak learning rate
     lr_schedule: str = "constant"  # after a warm-up: constant | onecycle (cosine to ~0) | cosine
@@ -417,7 +417,10 @@ def _train(
             if cfg.patience and since >= cfg.patience:
                 break
 
-    final = Denoiser(model.config)
+    if best[3] is None:
+        raise CohereError(f"training diverged: the validation score was never finite ({history[-1][key]}); "
+                          "lower the learning rate (e.g. --lr 1e-3)")
+    final = copy.deepcopy(model).cpu()  # a copy, not a new Denoiser: no draw from the global RNG
     final.load_state_dict({k_: v.cpu() for k_, v in best[3].items()})
     final.eval()
     sched.to("cpu")

@@ -169,7 +169,8 @@ def manifold_section(res, out: Path, plt) -> str:
     if plt is None:
         return "\n".join(text + ["(figure skipped: matplotlib not installed)", ""])
     panels = list(res.embeddings)
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4.2), squeeze=False, sharex=True,
+                             sharey=True)
     types = sorted(set(res.cancer_type))
     cmap = plt.get_cmap("tab20")
     for ax, k in zip(axes[0], panels):
