@@ -9,15 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cohere.cli import main
 from cohere.encoders import load_encoder
-
-
-def run(args, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
+from clihelp import run
 
 
 @pytest.fixture(scope="module")

@@ -22,17 +22,11 @@ from cohere.cli import main
 from cohere.errors import CohereError
 from cohere.store import Store
 from hubserver import FakeHub, make_models
+from clihelp import run
 
 TOKEN = "hf_test_token"
 REPOS = {"cna": "lab/cohere-encoder-cna", "rppa": "lab/cohere-encoder-rppa",
          "rppa->cna": "lab/cohere-expert-rppa-to-cna", "cna->rppa": "lab/cohere-expert-cna-to-rppa"}
-
-
-def run(args, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
 
 
 @pytest.fixture(scope="module")

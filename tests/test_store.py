@@ -11,17 +11,10 @@ from pathlib import Path
 import pytest
 
 from cohere import plugins
-from cohere.cli import main
 from cohere.errors import CohereError
 from cohere.store import Store, default_home
 from hubserver import make_models
-
-
-def run(args, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
+from clihelp import run
 
 
 @pytest.fixture(scope="module")
