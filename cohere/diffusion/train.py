@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from ..errors import CohereError
+from ..evaluation import metrics
 from .denoiser import Denoiser, DenoiserConfig
 from .schedule import NoiseSchedule
 
@@ -154,15 +155,15 @@ class TrainResult:
         return self.metrics["val_loss" if self.config.select == "mse" else "val_energy"]
 
 
+def _numpy(x) -> np.ndarray:
+    return np.asarray(x.detach().cpu() if isinstance(x, Tensor) else x, np.float64)
+
+
 def r2_score(y: np.ndarray | Tensor, pred: np.ndarray | Tensor) -> float:
-    """Variance-weighted R^2 over all columns: 1 - SSE / SST, SST around the column means of
-    ``y`` (equals sklearn's ``r2_score(..., multioutput="variance_weighted")``)."""
-    y = np.asarray(y.detach().cpu() if isinstance(y, Tensor) else y, np.float64)
-    pred = np.asarray(pred.detach().cpu() if isinstance(pred, Tensor) else pred, np.float64)
-    if y.shape != pred.shape or y.ndim != 2 or len(y) < 2:
-        raise CohereError(f"r2_score expects two (n >= 2, d) arrays of one shape, got {y.shape} and {pred.shape}")
-    sst = ((y - y.mean(0)) ** 2).sum()
-    return float(1.0 - ((y - pred) ** 2).sum() / sst)
+    """:func:`cohere.evaluation.metrics.r2` for tensors; NaN (not an error) when a diverged
+    model generated non-finite values, so that checkpoint selection can skip it."""
+    y, pred = _numpy(y), _numpy(pred)
+    return metrics.r2(y, pred) if np.isfinite(pred).all() else float("nan")
 
 
 # ----------------------------------------------------------------------------- data
@@ -251,14 +252,9 @@ def sample_once(model: Denoiser, schedule: NoiseSchedule, conds: Sequence[Tensor
 
 
 def energy_score(y: Tensor, draws: Tensor) -> float:
-    """Mean over rows of the (fair) energy score, a proper score of the predictive distribution:
-    ES = mean_k ||X_k - y|| - 1/(2 K (K-1)) sum_{k != l} ||X_k - X_l||; y: (n, d), draws: (K >= 2, n, d)."""
-    K = draws.shape[0]
-    if K < 2:
-        raise CohereError("the energy score needs at least 2 draws per row")
-    fit = (draws - y).norm(dim=-1).mean(0)  # (n,)
-    spread = (draws[:, None] - draws[None]).norm(dim=-1).sum((0, 1)) / (2 * K * (K - 1))  # (n,)
-    return float((fit - spread).mean())
+    """:func:`cohere.evaluation.metrics.energy_score` for tensors (NaN if a draw is non-finite)."""
+    y, draws = _numpy(y), _numpy(draws)
+    return metrics.energy_score(y, draws) if np.isfinite(draws).all() else float("nan")
 
 
 def _evaluate(model, schedule, val, cfg: TrainConfig, device, bounds) -> dict:

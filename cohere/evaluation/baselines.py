@@ -177,20 +177,9 @@ class IterativeImputer(PointImputer):
         return filled[:, self.n_features_in_:]
 
 
-class RandomNeighbourSampler(PointImputer):
+class RandomNeighbourSampler(KNNRegressorImputer):
     """Each draw: the target of a uniformly random one of the ``n_neighbors`` nearest training
     patients. ``predict`` is the mean over those neighbours (the KNN imputer)."""
-
-    def __init__(self, n_neighbors: int = 10):
-        self.n_neighbors = n_neighbors
-
-    def _fit(self, X, Y):
-        k = _check_k(self.n_neighbors, X.shape[0])
-        self.nn_ = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(X)
-        self.targets_ = Y
-
-    def _predict(self, X):
-        return self.targets_[self.nn_.kneighbors(X, return_distance=False)].mean(axis=1)
 
     def sample(self, X_cond, n_draws: int = 10, seed: int | None = None) -> np.ndarray:
         """(K, n, d) draws, each row a copy of a training target; reproducible for a given ``seed``."""
