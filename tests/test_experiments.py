@@ -59,14 +59,16 @@ def test_generated_is_cached_and_seeded(data):
 
 
 def test_reconstruction_rows_and_calibrated_line(data):
+    from cohere.evaluation.baselines import mofa_available
     from cohere.evaluation.experiments import reconstruction
 
     df = reconstruction(data, draws=2, iterative=False)
-    # 3 targets x 3 conditioning sets x (2 generators + mean, knn, ridge, random neighbour)
-    assert len(df) == 3 * 3 * 6
-    assert set(df.method) == {"expert", "coherent", "multi", "mean", "knn", "ridge", "random neighbour"}
+    # 3 targets x 3 conditioning sets x (2 generators + mean, knn, ridge, [MOFA+,] random neighbour)
+    points = ["mean", "knn", "ridge"] + (["MOFA+"] if mofa_available() else [])
+    assert len(df) == 3 * 3 * (3 + len(points))
+    assert set(df.method) == {"expert", "coherent", "multi", "random neighbour", *points}
     np.testing.assert_allclose(df.calibrated_single_draw_r2, 2 * df.r2_of_mean - 1)
-    point = df[df.method.isin(["mean", "knn", "ridge"])]
+    point = df[df.method.isin(points)]
     assert (point.var_pct == 0).all() and np.allclose(point.r2, point.r2_of_mean)
     assert (df[df.method == "random neighbour"].var_pct > 0).all()
     assert np.isfinite(df[["r2", "r2_of_mean", "energy_score"]].to_numpy()).all()

@@ -10,6 +10,7 @@ from .baselines import (
     IterativeImputer,
     KNNRegressorImputer,
     MeanImputer,
+    MOFAImputer,
     RandomNeighbourSampler,
     RidgeImputer,
 )
@@ -33,7 +34,7 @@ from .metrics import (
 )
 
 __all__ = [
-    "DCRResult", "IterativeImputer", "KNNRegressorImputer", "MeanImputer", "PrecisionRecall",
+    "DCRResult", "IterativeImputer", "KNNRegressorImputer", "MeanImputer", "MOFAImputer", "PrecisionRecall",
     "R2Runs", "RandomNeighbourSampler", "RidgeImputer", "balanced_accuracy",
     "calibrated_single_draw_r2", "concordance_index", "distance_to_closest_record",
     "energy_distance", "energy_score", "f1", "macro_f1", "output_variance_pct",

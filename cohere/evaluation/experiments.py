@@ -32,8 +32,8 @@ from ..errors import CohereError
 from ..generation import ModelSource, consensus_weights, generate_missing
 from ..sampling import generate
 from . import metrics as M
-from .baselines import (IterativeImputer, KNNRegressorImputer, MeanImputer, RandomNeighbourSampler,
-                        RidgeImputer)
+from .baselines import (IterativeImputer, KNNRegressorImputer, MeanImputer, MOFAImputer,
+                        RandomNeighbourSampler, RidgeImputer, mofa_available)
 
 DAYS_PER_MONTH = 30.4375
 
@@ -139,10 +139,12 @@ class EvalData:
 # ----------------------------------------------------------------------------- 1. reconstruction
 
 
-def _baselines(iterative: bool, k: int = 10) -> dict:
+def _baselines(iterative: bool, views, k: int = 10, seed: int = 0) -> dict:
     out = {"mean": MeanImputer(), "knn": KNNRegressorImputer(k), "ridge": RidgeImputer()}
     if iterative:
         out["iterative (MICE)"] = IterativeImputer()
+    if mofa_available():
+        out["MOFA+"] = MOFAImputer(views, seed=seed)
     out["random neighbour"] = RandomNeighbourSampler(k)
     return out
 
@@ -180,7 +182,8 @@ def reconstruction(data: EvalData, draws: int = 10, seed: int = 0, baselines: bo
                 continue
             X, Y = data.train_pairs(have, target)
             Xt = data.test_matrix(have)
-            for name, model in _baselines(iterative).items():
+            views = [data.train[m].shape[1] for m in have]
+            for name, model in _baselines(iterative, views, seed=seed).items():
                 t0 = time.perf_counter()
                 x = model.fit(X, Y).sample(Xt, n_draws=draws, seed=seed)
                 data.timings[f"baseline {name} {label(have)}->{target}"] = round(time.perf_counter() - t0, 2)
