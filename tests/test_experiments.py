@@ -58,6 +58,29 @@ def test_generated_is_cached_and_seeded(data):
     np.testing.assert_array_equal(data.generated("rppa", ("cna",), "coherent", 2, seed=5), a)
 
 
+def test_eval_data_on_a_held_out_cohort(setup, tmp_path):
+    """--test-cohort: every complete patient of another cohort folder (no split.csv) is a test
+    patient; the training patients still come from the training cohort's train split."""
+    from cohere.cohort import Cohort
+    from cohere.evaluation.experiments import EvalData, reconstruction
+
+    root, cohort = setup
+    held = cohort.ids_in("val")[:40]
+    tables = {m: t.loc[t.index.intersection(held)] for m, t in cohort.tables.items()}
+    tables["rppa"] = tables["rppa"].iloc[5:]  # 5 held-out patients without rppa: not complete
+    Cohort(tables, cohort.clinical.loc[held]).write(tmp_path / "held_out")
+    data = EvalData.load(cohort, root / "models", MODS, test_cohort=tmp_path / "held_out")
+    complete = set(held) - set(cohort.tables["rppa"].index.intersection(held)[:5])
+    assert set(data.test_ids) == complete & set(cohort.samples(MODS))
+    assert not set(data.test_ids) & set(data.train_ids)
+    assert set(data.train_ids) == set(cohort.ids_in("train"))
+    df = reconstruction(data, draws=2, baselines=False)
+    assert np.isfinite(df.r2_of_mean).all()
+    Cohort({m: t.iloc[:10] for m, t in tables.items()}, cohort.clinical.loc[held]).write(tmp_path / "tiny")
+    with pytest.raises(CohereError, match="complete test patients"):
+        EvalData.load(cohort, root / "models", MODS, test_cohort=tmp_path / "tiny")
+
+
 def test_reconstruction_rows_and_calibrated_line(data):
     from cohere.evaluation.baselines import mofa_available
     from cohere.evaluation.experiments import reconstruction
