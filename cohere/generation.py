@@ -25,8 +25,8 @@ import torch
 from .cohort import Cohort
 from .encoders import Encoder, latent_columns, load_encoder
 from .errors import CohereError
-from .experts import Expert, MultiConditionModel, load_model, model_dir
-from .sampling import METHODS, Generation, Member, generate
+from .experts import Expert, MultiConditionModel, load_model
+from .sampling import METHODS, Generation, generate
 
 WEIGHTINGS = ("inverse", "softmax", "uniform")
 DEFAULT_WEIGHTING = "inverse"
@@ -226,7 +226,7 @@ def generate_missing(
             ids = pd.Index(list(dict.fromkeys(patients)), name="sample")
         if len(ids) == 0:
             raise CohereError(f"no patient has all of {', '.join(have)}")
-        conds = {m: torch.tensor(encoders[m].encode(cohort.tables[m].loc[ids]).to_numpy())
+        conds = {m: torch.tensor(encoders[m].encode_cohort(cohort, ids).to_numpy())
                  for m in have}
     else:
         n = n_unconditional or (len(patients) if patients else None)

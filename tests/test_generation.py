@@ -100,6 +100,19 @@ def test_unconditional_needs_the_flag(world, tmp_path, capsys):
     assert not (tmp_path / "u.csv").exists()
 
 
+def test_a_table_declared_in_another_input_form_is_refused(world, tmp_path, capsys):
+    cohort, _, models, _ = world
+    forms = {**cohort.input_forms, "rnaseq": "zscore"}  # the encoder was trained on log2 counts
+    type(cohort)(cohort.tables, cohort.clinical, cohort.split, forms).write(tmp_path / "cohort")
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--target", "rppa", "--have", "rnaseq", "--cohort", str(tmp_path / "cohort"),
+              "--models", str(models), "--out", str(tmp_path / "x.parquet")])
+    assert e.value.code == 1
+    assert ("rnaseq: the cohort says input form 'zscore' but the encoder was trained on 'log2_count'; "
+            "re-train the encoder or convert the table") in capsys.readouterr().err
+    assert not (tmp_path / "x.parquet").exists()
+
+
 def test_mismatched_target_encoder_is_refused_and_nothing_written(world, tmp_path, capsys):
     cohort, cohort_dir, models, encoders = world
     other = tmp_path / "models"

@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 
 from cohere import hub, plugins
-from cohere.cli import main
 from cohere.errors import CohereError
 from cohere.store import Store
 from hubserver import FakeHub, make_models

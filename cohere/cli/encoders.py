@@ -84,11 +84,7 @@ def encode(
     parts = []
     for m in use:
         enc = load_encoder(encoder_dir(models, m))
-        form = enc.preprocessor_.form
-        if m in c.input_forms and c.input_forms[m] != form:
-            raise CohereError(f"{m}: the cohort says input form {c.input_forms[m]!r} but the encoder "
-                              f"was trained on {form!r}; re-train the encoder or convert the table")
-        z = enc.encode(c.tables[m])
+        z = enc.encode_cohort(c)
         z.columns = [f"{m}.{col}" for col in z.columns]
         parts.append(z)
         typer.echo(f"{m}: encoded {len(z)} samples with encoder {enc.digest[:12]}", err=True)

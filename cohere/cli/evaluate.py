@@ -28,7 +28,6 @@ def _data(cohort: Path, models: Path, test_cohort: Optional[Path], modalities: s
 
 
 def _run(out: Path, data, plan, only: str) -> None:
-    from ..evaluation.experiments import ForestSettings  # noqa: F401  (plan already holds it)
     from ..evaluation.pipeline import EXPERIMENTS, run_all
 
     plan.skip = tuple(e for e in EXPERIMENTS if e != only)

@@ -97,13 +97,8 @@ def train(
     encoders, latents = {}, {}
     for m in needed:
         enc = load_encoder(encoder_dir(models, m))
-        form = enc.preprocessor_.form
-        if m in c.input_forms and c.input_forms[m] != form:
-            raise CohereError(f"{m}: the cohort says input form {c.input_forms[m]!r} but the encoder was "
-                              f"trained on {form!r}; re-train the encoder or convert the table")
-        table = c.tables[m]
         encoders[m] = enc
-        latents[m] = enc.encode(table.loc[table.index.intersection(train_ids)])
+        latents[m] = enc.encode_cohort(c, c.tables[m].index.intersection(train_ids))
         typer.echo(f"{m}: {len(latents[m])} training samples encoded with encoder {enc.digest[:12]}", err=True)
 
     name = c.path.name if c.path else ""

@@ -21,7 +21,6 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -104,8 +103,8 @@ class EvalData:
         train, test = {}, {}
         for m in mods:
             ids = c.tables[m].index.intersection(train_ids)
-            train[m] = encoders[m].encode(c.tables[m].loc[ids])
-            test[m] = encoders[m].encode(t.tables[m].loc[test_ids])
+            train[m] = encoders[m].encode_cohort(c, ids)
+            test[m] = encoders[m].encode_cohort(t, test_ids)
         clinical = pd.concat([c.clinical, t.clinical[~t.clinical.index.isin(c.clinical.index)]])
         data = cls(c, t, source, mods, train, test, train_ids, test_ids, clinical)
         data.cache["encoders"] = encoders
@@ -647,13 +646,12 @@ def prioritize(cohort: Cohort, source: ModelSource, modality: str, task: str = "
         raise CohereError(f"no patient has {label(others)} but lacks {modality}; nothing to prioritise")
     encoders = {m: source.encoder(m) for m in mods}
     train_ids = cohort.ids_in("train", seed)
-    train = {m: encoders[m].encode(cohort.tables[m].loc[cohort.tables[m].index.intersection(train_ids)])
-             for m in mods}
+    train = {m: encoders[m].encode_cohort(cohort, cohort.tables[m].index.intersection(train_ids)) for m in mods}
     if cohort.clinical is None:
         raise CohereError("prioritisation needs clinical.csv (stage, os_time, os_event, cancer_type)")
     data = EvalData(cohort, cohort, source, mods, train, {}, train_ids, ids, cohort.clinical)
     models = DownstreamModels(data, settings).fit()
-    have = {m: encoders[m].encode(cohort.tables[m].loc[ids]).to_numpy() for m in others}
+    have = {m: encoders[m].encode_cohort(cohort, ids).to_numpy() for m in others}
     res = generate_missing(cohort, modality, others, source, method=method, patients=list(ids),
                            draws=draws, seed=seed)
     X_abl = models.features(have, ids)
