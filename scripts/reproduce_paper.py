@@ -28,6 +28,22 @@ DEFAULT_COHORT = os.environ.get("COHERE_SHARED_COHORT", str(REPO.parent / "share
 MODALITIES = ["cna", "rnaseq", "rppa"]
 
 
+def code_version() -> str:
+    """The short commit of the repository, marked when tracked files outside reports/ differ from it."""
+    def git(*a):
+        return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        changed = [line for line in git("status", "--porcelain", "--untracked-files=no").splitlines()
+                   if not line[3:].startswith("reports/")]
+    except OSError:
+        return "unknown"
+    if not commit:
+        return "unknown"
+    return commit + (" + uncommitted changes" if changed else "")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="reports/tcga-pancan", help="report folder")
@@ -50,6 +66,7 @@ def main(argv=None) -> int:
     from cohere.evaluation.pipeline import Plan, run_all, train_models
 
     t0 = time.perf_counter()
+    commit = code_version()  # before anything runs: the code that produced the numbers
     out = Path(args.out)
     cohort = Cohort.read(args.cohort, MODALITIES)
     trained = None
@@ -75,13 +92,8 @@ def main(argv=None) -> int:
     else:
         plan = Plan(seed=args.seed, forests=E.ForestSettings(seed=args.seed))
     plan.skip = tuple(s.strip() for s in args.skip.split(",") if s.strip())
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                                text=True).stdout.strip()
-    except OSError:
-        commit = "unknown"
     context = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-               "commit": commit or "unknown", "command": " ".join(["python", *sys.argv]),
+               "commit": commit, "command": " ".join(["python", *sys.argv]),
                "cohort": args.cohort, "test patients": args.test_cohort or "complete patients of the val split",
                "models": str(models) + (" (trained by this run)" if trained else ""),
                "mode": "quick (small recipe, subsampled, fewer runs: not the paper's numbers)" if args.quick

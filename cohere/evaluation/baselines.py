@@ -191,17 +191,24 @@ class MOFAImputer(PointImputer):
 
     ``views`` gives the column count of each conditioning modality in ``X_cond`` (in order).
     Fit runs mofapy2's variational inference on the training patients' views (Gaussian
-    likelihoods, ARD + spike-and-slab weights, ``factors`` factors of which MOFA+ may switch
-    some off), then keeps per view the centring mean, the weights' posterior mean W_m (d_m, K)
+    likelihoods, ARD weights, ``factors`` factors), then keeps per view the centring mean, the weights' posterior mean W_m (d_m, K)
     and the noise precisions tau_m (d_m,). A new patient's factors are the Gaussian posterior
     mean given its observed views under the model's N(0, I) factor prior,
     z = (I + sum_m W_m' T_m W_m)^-1 sum_m W_m' T_m (x_m - mu_m), and the missing view is
     mu_t + W_t z: the MOFA+ imputation of a held-out sample. Deterministic for a given ``seed``.
+
+    Defaults chosen on a development split carved from the TCGA training patients (600 held
+    out, 32-d latents per modality), latent R^2 of rnaseq / cna / rppa from the other two: 30
+    factors without spike-and-slab weights 0.25 / 0.21 / 0.11; 15 factors without 0.20 / 0.17 /
+    0.08; 15 factors with spike-and-slab 0.14 / 0.14 (rppa not run); ridge 0.31 / 0.26 / 0.15.
+    A low-rank factor model approaches linear regression only as the factors approach the
+    feature count.
     """
 
-    def __init__(self, views, factors: int = 15, max_iter: int = 1000, seed: int = 0):
+    def __init__(self, views, factors: int = 30, spikeslab: bool = False, max_iter: int = 1000, seed: int = 0):
         self.views = views
         self.factors = factors
+        self.spikeslab = spikeslab
         self.max_iter = max_iter
         self.seed = seed
 
@@ -226,7 +233,8 @@ class MOFAImputer(PointImputer):
             ent = entry_point()
             ent.set_data_options(scale_views=False, center_groups=False)
             ent.set_data_matrix([[b] for b in centred], likelihoods=["gaussian"] * len(centred))
-            ent.set_model_options(factors=int(self.factors), spikeslab_weights=True, ard_weights=True)
+            ent.set_model_options(factors=int(self.factors), spikeslab_weights=bool(self.spikeslab),
+                                  ard_weights=True)
             ent.set_train_options(iter=int(self.max_iter), convergence_mode="fast", seed=int(self.seed),
                                   verbose=False, dropR2=None, startELBO=1, freqELBO=5)
             ent.build()

@@ -60,8 +60,8 @@ def reconstruction_section(df: pd.DataFrame, out: Path, plt) -> str:
             "that posterior-mean R² would have (2R²(mean) − 1); *output var %*: mean per-patient variance "
             "across draws as % of the real variance; *energy score*: proper score of the K draws (lower is "
             "better; for a point imputer its mean Euclidean error). Baselines are fitted on the training "
-            "patients with the same conditions; MOFA+ (`mofapy2`, 15 factors, ARD and spike-and-slab "
-            "weights, one view per modality) imputes the target view from the factor posterior given the "
+            "patients with the same conditions; MOFA+ (`mofapy2`, 30 factors, ARD weights without "
+            "spike-and-slab, one view per modality) imputes the target view from the factor posterior given the "
             "observed views.", "", headlines(df), "### All conditioning sets", "",
             markdown_table(show), ""]
     if plt is not None:
