@@ -83,7 +83,8 @@ def main(argv=None) -> int:
     else:
         models = Path(args.models)
     data = E.EvalData.load(cohort, models, MODALITIES, test_cohort=args.test_cohort,
-                           max_test=150 if args.quick else None, seed=args.seed)
+                           max_test=150 if args.quick else None,
+                           max_train=2000 if args.quick else None, seed=args.seed)
     if args.quick:
         plan = Plan(draws=3, privacy_runs=2, privacy_reference=600, signal_trees=50,
                     forests=E.ForestSettings(rf_trees=50, rsf_trees=10, rsf_min_leaf=20, rsf_max_samples=0.3,
