@@ -138,8 +138,9 @@ class Cohort:
 
     @classmethod
     def read(cls, path: str | os.PathLike, modalities: list[str] | None = None,
-             known: list[str] | None = None) -> "Cohort":
-        """Read a cohort folder. ``known`` are the registered modality names."""
+             known: list[str] | None = None, split: bool = True) -> "Cohort":
+        """Read a cohort folder. ``known`` are the registered modality names; ``split=False``
+        ignores split.csv (a held-out test cohort, whose every patient is a test patient)."""
         path = Path(path)
         if not path.is_dir():
             raise CohereError(f"cohort folder {str(path)!r} does not exist; expected a folder "
@@ -169,20 +170,20 @@ class Cohort:
                               "expected files such as cna.parquet")
         tables = {m: read_table(files[m]) for m in wanted}
         clinical = _read_clinical(path / "clinical.csv") if (path / "clinical.csv").exists() else None
-        split = None
-        if (path / "split.csv").exists():
+        labels = None
+        if split and (path / "split.csv").exists():
             s = pd.read_csv(path / "split.csv", index_col=0)
             if "split" not in s:
                 raise CohereError("split.csv: expected a column named 'split'")
-            split = s["split"].astype(str)
-            split.index = split.index.astype(str)
+            labels = s["split"].astype(str)
+            labels.index = labels.index.astype(str)
         forms = {}
         if (path / "cohort.json").exists():
             try:
                 forms = json.loads((path / "cohort.json").read_text()).get("input_forms", {})
             except json.JSONDecodeError as e:
                 raise CohereError(f"cohort.json: not valid JSON ({e})") from None
-        cohort = cls(tables, clinical, split, {m: f for m, f in forms.items() if m in tables}, path)
+        cohort = cls(tables, clinical, labels, {m: f for m, f in forms.items() if m in tables}, path)
         cohort.ignored = ignored
         return cohort
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from cohere.errors import CohereError
@@ -69,6 +70,8 @@ def test_eval_data_on_a_held_out_cohort(setup, tmp_path):
     tables = {m: t.loc[t.index.intersection(held)] for m, t in cohort.tables.items()}
     tables["rppa"] = tables["rppa"].iloc[5:]  # 5 held-out patients without rppa: not complete
     Cohort(tables, cohort.clinical.loc[held]).write(tmp_path / "held_out")
+    # a split.csv of its own (any labels) is ignored: every complete patient is a test patient
+    pd.Series("heldout", index=held, name="split").rename_axis("sample").to_csv(tmp_path / "held_out" / "split.csv")
     data = EvalData.load(cohort, root / "models", MODS, test_cohort=tmp_path / "held_out")
     complete = set(held) - set(cohort.tables["rppa"].index.intersection(held)[:5])
     assert set(data.test_ids) == complete & set(cohort.samples(MODS))

@@ -78,7 +78,7 @@ class EvalData:
         of ``cohort``'s val split. ``max_test`` / ``max_train`` subsample patients (quick runs)."""
         c = cohort if isinstance(cohort, Cohort) else Cohort.read(cohort, modalities)
         t = c if test_cohort is None else (test_cohort if isinstance(test_cohort, Cohort)
-                                           else Cohort.read(test_cohort, modalities))
+                                           else Cohort.read(test_cohort, modalities, split=False))
         source = models if isinstance(models, ModelSource) else ModelSource.folder(models)
         mods = list(modalities or c.modalities)
         for m in mods:
