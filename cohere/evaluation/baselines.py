@@ -10,7 +10,7 @@ K draws are K copies of its prediction: its energy score is then its mean Euclid
 - :class:`MeanImputer`: the training mean of the target, whatever the conditions (R^2 = 0 floor).
 - :class:`KNNRegressorImputer`: mean target of the k nearest training patients in condition space.
 - :class:`RidgeImputer`: linear regression with an L2 penalty chosen by leave-one-out (RidgeCV).
-- :class:`IterativeImputer`: sklearn's chained-equation imputer (MICE-style, BayesianRidge) on
+- :class:`IterativeImputer`: sklearn's chained-equation imputer (MICE-style, ridge equations) on
   the concatenated [conditions, target] matrix with the target missing.
 - :class:`MOFAImputer`: MOFA+ (``mofapy2``, optional extra ``cohere-denoising[mofa]``), the
   standard multi-omics factor model, fitted with each modality as a view; the missing view is
@@ -191,8 +191,8 @@ class MOFAImputer(PointImputer):
 
     ``views`` gives the column count of each conditioning modality in ``X_cond`` (in order).
     Fit runs mofapy2's variational inference on the training patients' views (Gaussian
-    likelihoods, ARD weights, ``factors`` factors), then keeps per view the centring mean, the weights' posterior mean W_m (d_m, K)
-    and the noise precisions tau_m (d_m,). A new patient's factors are the Gaussian posterior
+    likelihoods, ARD weights, ``factors`` factors), then keeps per view the centring mean, the
+    weights' posterior mean W_m (d_m, K) and the noise precisions tau_m (d_m,). A new patient's factors are the Gaussian posterior
     mean given its observed views under the model's N(0, I) factor prior,
     z = (I + sum_m W_m' T_m W_m)^-1 sum_m W_m' T_m (x_m - mu_m), and the missing view is
     mu_t + W_t z: the MOFA+ imputation of a held-out sample. Deterministic for a given ``seed``.
