@@ -226,9 +226,7 @@ class _DiffusionModel:
         """This model as a member of a consensus for ``n_draws`` draws per row (draw-major).
         ``n``: the number of rows, needed only when no condition is given (multi model)."""
         c, mask, n = self._member_inputs(conds, n)
-        c = [x.repeat(n_draws, 1) for x in c]  # (n_draws * n, c_i)
-        mask = None if mask is None else mask.repeat(n_draws, 1)  # (n_draws * n, k)
-        return Member(self.model, c, mask, weight)
+        return Member(self.model, c, mask, weight).tile(n_draws)
 
     def sample(self, conds, n_draws: int = 1, steps: int | None = None, method: str = "ddim",
                seed: int = 0, eta: float = 1.0, n: int | None = None, clip: bool = True) -> np.ndarray:

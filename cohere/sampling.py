@@ -51,6 +51,16 @@ class Member:
     mask: Tensor | None = None
     weight: float = 1.0
 
+    def tile(self, draws: int) -> "Member":
+        """The same member for ``draws`` copies of its rows, draw-major: (draws * n, ...)."""
+        return Member(self.model, [c.repeat(draws, 1) for c in self.conds],
+                      None if self.mask is None else self.mask.repeat(draws, 1), self.weight)
+
+    def take(self, index: Tensor) -> "Member":
+        """The same member for the rows ``index`` only."""
+        return Member(self.model, [c[index] for c in self.conds],
+                      None if self.mask is None else self.mask[index], self.weight)
+
 
 class StepInfo(NamedTuple):
     """What ``on_step`` receives at each reverse step (before the update is applied)."""
@@ -254,13 +264,11 @@ def generate(
     device = next(members[0].model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
     rows = n * draws
-    tiled = [Member(m.model, [c.repeat(draws, 1) for c in m.conds],
-                    None if m.mask is None else m.mask.repeat(draws, 1), m.weight) for m in members]
+    tiled = [m.tile(draws) for m in members]
     n_steps = len(timesteps(schedule, method, steps))
 
     def run(index: Tensor) -> tuple[Tensor, Tensor]:
-        sub = [Member(m.model, [c[index] for c in m.conds], None if m.mask is None else m.mask[index],
-                      m.weight) for m in tiled]
+        sub = [m.take(index) for m in tiled]
         bad = torch.zeros(len(index), device=device)
         def count(info: StepInfo) -> None:
             bad.add_((coherence(info.eps_members, info.weights) > threshold).float())
