@@ -22,10 +22,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .artifacts import read_config
 from .cohort import Cohort
 from .encoders import Encoder, latent_columns, load_encoder
 from .errors import CohereError
-from .experts import Expert, MultiConditionModel, load_model
+from .experts import Expert, MultiConditionModel, list_models, load_model
 from .sampling import METHODS, Generation, generate
 
 WEIGHTINGS = ("inverse", "softmax", "uniform")
@@ -49,9 +50,6 @@ class ModelSource:
 
     @classmethod
     def folder(cls, models: str | os.PathLike) -> "ModelSource":
-        from .experts import list_models
-        from .artifacts import read_config
-
         models = Path(models)
         enc = {p.name: p for p in sorted((models / "encoders").glob("*")) if (p / "config.json").is_file()}
         exp = {read_config(p)["id"]: p for p in list_models(models)}
