@@ -109,6 +109,46 @@ def test_energy_score_prefers_the_true_distribution():
     assert M.energy_score(y, calibrated) < M.energy_score(y, too_narrow)
 
 
+def test_energy_score_matches_a_hand_computation_on_random_draws():
+    rng = np.random.default_rng(7)
+    y, x = rng.normal(size=(6, 3)), rng.normal(size=(5, 6, 3))
+    to_truth = np.linalg.norm(x - y[None], axis=-1).mean(0)
+    pairs = np.mean([[np.linalg.norm(x[i] - x[j], axis=-1) for j in range(5) if j != i] for i in range(5)], axis=(0, 1))
+    assert M.energy_score(y, x) == pytest.approx(float(np.mean(to_truth - 0.5 * pairs)), abs=1e-12)
+
+
+def test_crps_by_hand_and_of_a_point_forecast():
+    y = np.array([[0.0]])
+    draws = np.array([[[1.0]], [[-1.0]], [[2.0]]])  # K=3: E|X-y| = 4/3, E|X-X'| over k != l = (2+1+3)*2/6 = 2
+    assert M.crps(y, draws) == pytest.approx(4 / 3 - 0.5 * 2)
+    rng = np.random.default_rng(8)
+    y, p = rng.normal(size=(20, 3)), rng.normal(size=(20, 3))
+    assert M.crps(y, np.stack([p, p])) == pytest.approx(np.abs(y - p).mean())
+
+
+def test_coverage_of_a_calibrated_sampler_is_k_minus_1_over_k_plus_1():
+    rng = np.random.default_rng(9)
+    y = rng.normal(size=(4000, 2))
+    draws = rng.normal(size=(50, 4000, 2))
+    for level in (0.5, 0.9):
+        expected = M.calibrated_coverage(level, 50)
+        assert expected == pytest.approx(49 * level / 51)
+        assert M.interval_coverage(y, draws, level) == pytest.approx(expected, abs=0.01)
+    assert M.interval_coverage(y, 0.5 * draws, 0.9) < 0.65  # too narrow
+    with pytest.raises(CohereError, match="level"):
+        M.interval_coverage(y, draws, 1.5)
+
+
+def test_rank_histogram_is_flat_when_calibrated_and_u_shaped_when_narrow():
+    rng = np.random.default_rng(10)
+    y = rng.normal(size=(3000, 2))
+    flat = M.rank_histogram(y, rng.normal(size=(9, 3000, 2)))
+    assert flat.shape == (10,) and flat.sum() == pytest.approx(1.0)
+    assert np.abs(flat - 0.1).max() < 0.02
+    narrow = M.rank_histogram(y, 0.3 * rng.normal(size=(9, 3000, 2)))
+    assert narrow[0] > 0.25 and narrow[-1] > 0.25 and narrow[4] < 0.05
+
+
 def test_energy_distance_identical_sets_is_zero(small_blocks):
     x = np.random.default_rng(5).normal(size=(20, 3))
     assert M.energy_distance(x, x) == pytest.approx(0.0, abs=1e-12)

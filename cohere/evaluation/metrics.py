@@ -9,7 +9,8 @@ Conventions: ``y_true`` is (n, d) real latents (standardised on train); ``draws`
 K generated versions of the same n patients; distances are Euclidean. In reading order:
 
 1. reconstruction: :func:`r2`, :func:`r2_runs`, :func:`calibrated_single_draw_r2`,
-   :func:`output_variance_pct`, :func:`energy_score`
+   :func:`output_variance_pct`, :func:`energy_score`, :func:`crps`, :func:`interval_coverage`,
+   :func:`calibrated_coverage`, :func:`rank_histogram`
 2. distributions and privacy: :func:`energy_distance`, :func:`precision_recall`, :func:`f1`,
    :func:`distance_to_closest_record`
 3. downstream tasks: :func:`macro_f1`, :func:`balanced_accuracy`, :func:`surv_array`,
@@ -174,20 +175,66 @@ def energy_score(y_true, draws) -> float:
     """Multivariate energy score of K draws per patient, averaged over patients (lower is better).
 
     ES(F, y) = E||X - y|| - 1/2 E||X - X'||  with X, X' ~ F independent (Gneiting & Raftery
-    2007), a strictly proper score of the whole predictive distribution. Estimated from K
-    draws by  (1/K) sum_k ||x_k - y|| - 1 / (2 K (K-1)) sum_{k != l} ||x_k - x_l||  (the unbiased
-    pair form). For K identical draws (a point forecast) it is the mean Euclidean error.
+    2007), a strictly proper score of the whole predictive distribution, computed by
+    ``scoringrules.es_ensemble(..., estimator="fair")``: the unbiased pair form
+    (1/K) sum_k ||x_k - y|| - 1 / (2 K (K-1)) sum_{k != l} ||x_k - x_l||. For K identical
+    draws (a point forecast) it is the mean Euclidean error.
     ``draws``: (K, n, d) with K >= 2; ``y_true``: (n, d).
     """
+    import scoringrules as sr
+
     y, x = _truth_and_draws(y_true, draws, min_draws=2)
-    k = x.shape[0]
-    to_truth = np.linalg.norm(x - y[None], axis=-1).mean(axis=0)  # (n,)
-    pairs = np.zeros(y.shape[0])
-    for i in range(k):
-        for j in range(i + 1, k):
-            pairs += np.linalg.norm(x[i] - x[j], axis=-1)  # (n,)  each unordered pair once
-    spread = 2.0 * pairs / (k * (k - 1))  # (n,)  mean over ordered pairs k != l
-    return float(np.mean(to_truth - 0.5 * spread))
+    return float(np.mean(sr.es_ensemble(y, np.moveaxis(x, 0, 1), estimator="fair", backend="numpy")))
+
+
+def crps(y_true, draws) -> float:
+    """Continuous ranked probability score of each dimension, averaged over patients and
+    dimensions (lower is better): the univariate counterpart of :func:`energy_score`,
+    ``scoringrules.crps_ensemble(..., estimator="fair")``. For a point forecast it is the mean
+    absolute error. ``draws``: (K, n, d) with K >= 2; ``y_true``: (n, d).
+    """
+    import scoringrules as sr
+
+    y, x = _truth_and_draws(y_true, draws, min_draws=2)
+    return float(np.mean(sr.crps_ensemble(y, np.moveaxis(x, 0, -1), estimator="fair", backend="numpy")))
+
+
+def interval_coverage(y_true, draws, level: float) -> float:
+    """Fraction of true values (over patients and dimensions) inside the central ``level``
+    interval of the K draws, its ends the (1 - level)/2 and (1 + level)/2 empirical quantiles
+    of each (patient, dimension) with linear interpolation (``numpy.quantile``'s default).
+
+    A calibrated sampler (truth and draws from one distribution) covers
+    :func:`calibrated_coverage` ``(level, K)`` = (K - 1) level / (K + 1), not ``level``.
+    """
+    y, x = _truth_and_draws(y_true, draws, min_draws=2)
+    if not 0.0 < float(level) < 1.0:
+        raise CohereError(f"level must be in (0, 1); got {level!r}")
+    lo, hi = np.quantile(x, [(1.0 - level) / 2.0, (1.0 + level) / 2.0], axis=0)  # (n, d) each
+    return float(np.mean((y >= lo) & (y <= hi)))
+
+
+def calibrated_coverage(level: float, k: int) -> float:
+    """Expected :func:`interval_coverage` of a calibrated sampler with ``k`` draws.
+
+    If the truth and the K draws are exchangeable, the truth's rank among them is uniform on
+    0..K, so P(truth < the j-th smallest draw) = j / (K + 1). ``numpy.quantile`` puts the q
+    quantile at 0-based order position q (K - 1), hence the central ``level`` interval holds
+    the truth with probability (K - 1) level / (K + 1): 0.865 for level 0.9 and K = 50.
+    """
+    if not 0.0 < float(level) < 1.0 or isinstance(k, bool) or int(k) != k or k < 2:
+        raise CohereError(f"need 0 < level < 1 and an integer k >= 2; got {level!r}, {k!r}")
+    return (k - 1) * float(level) / (k + 1)
+
+
+def rank_histogram(y_true, draws) -> np.ndarray:
+    """(K + 1,) fractions: how often the truth is exceeded by 0, 1, ..., K of the K draws,
+    over every (patient, dimension): the Talagrand / PIT rank histogram, rank = the number of
+    draws below the truth. Flat (1 / (K + 1) each) = calibrated; U-shaped = draws too narrow;
+    hump-shaped = too wide; sloped = biased."""
+    y, x = _truth_and_draws(y_true, draws, min_draws=1)
+    ranks = (x < y[None]).sum(0)  # (n, d) in 0..K
+    return np.bincount(ranks.ravel(), minlength=x.shape[0] + 1) / ranks.size
 
 
 # ----------------------------------------------------------------------------- 2. distributions
@@ -369,32 +416,24 @@ def surv_array(time, event) -> np.ndarray:
 
 
 def concordance_index(time, event, risk, *, tied_tol: float = 1e-8) -> float:
-    """Harrell's concordance index of a risk score (higher risk = earlier event).
+    """Harrell's concordance index of a risk score (higher risk = earlier event), computed by
+    ``sksurv.metrics.concordance_index_censored(event, time, risk, tied_tol)``.
 
-    The same number as ``sksurv.metrics.concordance_index_censored(event, time, risk)[0]``:
-    a pair (i, j) is comparable when i has an event and t_i < t_j, or t_i = t_j and j is
-    censored; it is concordant when risk_i > risk_j, and counts 1/2 when |risk_i - risk_j| <=
-    ``tied_tol``. C = (concordant + ties / 2) / comparable. ``time``, ``event`` as
-    :func:`surv_array`; ``risk``: (n,) finite.
+    A pair (i, j) is comparable when i has an event before j's observed time (sksurv's rule,
+    tied times included); it is concordant when risk_i > risk_j, and counts 1/2 when
+    |risk_i - risk_j| <= ``tied_tol``.
+    C = (concordant + ties / 2) / comparable. ``time``, ``event`` as :func:`surv_array`;
+    ``risk``: (n,) finite.
     """
+    from sksurv.metrics import concordance_index_censored
+
     y = surv_array(time, event)
     r = np.asarray(risk, dtype=np.float64)
     if r.shape != y.shape or not np.isfinite(r).all():
         raise CohereError(f"risk must be a finite 1-d array with one value per patient "
                           f"({y.shape[0]}); got {r.shape}")
-    t, e = y["time"], y["event"]
-    numerator, comparable = 0.0, 0
-    events = np.flatnonzero(e)
-    rows = max(1, _BLOCK_ELEMENTS // len(t))
-    for start in range(0, len(events), rows):
-        i = events[start:start + rows]
-        ti, ri = t[i, None], r[i, None]  # (b, 1)
-        mask = (t[None, :] > ti) | ((t[None, :] == ti) & ~e[None, :])  # (b, n) comparable pairs
-        diff = ri - r[None, :]  # (b, n)
-        tied = np.abs(diff) <= tied_tol
-        numerator += np.sum(mask & (diff > 0) & ~tied) + 0.5 * np.sum(mask & tied)
-        comparable += int(mask.sum())
-    if comparable == 0:
-        raise CohereError("no comparable pairs: the C-index needs an event that happened "
-                          "before another patient's observed time")
-    return float(numerator / comparable)
+    try:
+        return float(concordance_index_censored(y["event"], y["time"], r, tied_tol=tied_tol)[0])
+    except ValueError as e:  # no comparable pairs, or no event at all
+        raise CohereError(f"no comparable pairs ({e}): the C-index needs an event that happened "
+                          "before another patient's observed time") from None
