@@ -7,11 +7,14 @@ imputers and the random-neighbour floor that the generated modalities are compar
 """
 
 from .baselines import (
+    GaussianResidualSampler,
     IterativeImputer,
     KNNRegressorImputer,
     MeanImputer,
+    MICESampler,
     MOFAImputer,
     RandomNeighbourSampler,
+    ResidualBootstrapSampler,
     RidgeImputer,
 )
 from .metrics import (
@@ -19,24 +22,29 @@ from .metrics import (
     PrecisionRecall,
     R2Runs,
     balanced_accuracy,
+    calibrated_coverage,
     calibrated_single_draw_r2,
     concordance_index,
+    crps,
     distance_to_closest_record,
     energy_distance,
     energy_score,
     f1,
+    interval_coverage,
     macro_f1,
     output_variance_pct,
     precision_recall,
     r2,
     r2_runs,
+    rank_histogram,
     surv_array,
 )
 
 __all__ = [
-    "DCRResult", "IterativeImputer", "KNNRegressorImputer", "MeanImputer", "MOFAImputer", "PrecisionRecall",
-    "R2Runs", "RandomNeighbourSampler", "RidgeImputer", "balanced_accuracy",
-    "calibrated_single_draw_r2", "concordance_index", "distance_to_closest_record",
-    "energy_distance", "energy_score", "f1", "macro_f1", "output_variance_pct",
-    "precision_recall", "r2", "r2_runs", "surv_array",
+    "DCRResult", "GaussianResidualSampler", "IterativeImputer", "KNNRegressorImputer", "MeanImputer",
+    "MICESampler", "MOFAImputer", "PrecisionRecall", "R2Runs", "RandomNeighbourSampler",
+    "ResidualBootstrapSampler", "RidgeImputer", "balanced_accuracy", "calibrated_coverage",
+    "calibrated_single_draw_r2", "concordance_index", "crps", "distance_to_closest_record",
+    "energy_distance", "energy_score", "f1", "interval_coverage", "macro_f1", "output_variance_pct",
+    "precision_recall", "r2", "r2_runs", "rank_histogram", "surv_array",
 ]
