@@ -97,18 +97,16 @@ def sample_ids(index, name: str) -> pd.Index:
     each would silently fail to match the same sample in another file.
     """
     index = pd.Index(index)
-    if pd.api.types.is_integer_dtype(index.dtype) and not index.hasnans:
+    dtype = index.dtype
+    if pd.api.types.is_integer_dtype(dtype) and not index.hasnans:
         ids = index.astype(str)
-    elif pd.api.types.is_string_dtype(index.dtype) or pd.api.types.is_object_dtype(index.dtype):
-        bad = [v for v in index if not isinstance(v, str)]
-        if bad and not all(pd.isna(v) for v in bad):
-            v = next(v for v in bad if not pd.isna(v))
-            raise CohereError(f"{name}: sample id {v!r} is a {type(v).__name__}, not text; store the "
-                              "sample ids as strings")
-        ids = pd.Index(["" if not isinstance(v, str) else v for v in index], dtype=str)
+    elif (pd.api.types.is_integer_dtype(dtype) or pd.api.types.is_string_dtype(dtype)
+          or pd.api.types.is_object_dtype(dtype) or isinstance(dtype, pd.CategoricalDtype)):
+        ids = pd.Index([_text_id(v, name) for v in index], dtype=str)
     else:
-        raise CohereError(f"{name}: sample ids are {index.dtype} values (e.g. {index[0]!r}); expected "
-                          "text or integer ids: store the id column as strings")
+        example = f" (e.g. {index[0]!r})" if len(index) else ""
+        raise CohereError(f"{name}: sample ids are {dtype} values{example}; expected text or integer "
+                          "ids: store the id column as strings")
     empty = np.flatnonzero(ids == "")
     if len(empty):
         raise CohereError(f"{name}: empty sample id in data row {empty[0] + 1} ({len(empty)} such rows); "
@@ -122,6 +120,18 @@ def sample_ids(index, name: str) -> pd.Index:
         raise CohereError(f"{name}: duplicate sample id {dup[0]!r} ({len(dup)} duplicated); "
                           "each sample must have one row")
     return pd.Index(ids, name="sample")
+
+
+def _text_id(v, name: str) -> str:
+    """One id as text: strings as they are, integers in decimal, missing as "" (refused later)."""
+    if isinstance(v, str):
+        return v
+    if isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)):
+        return str(v)
+    if pd.isna(v):
+        return ""
+    raise CohereError(f"{name}: sample id {v!r} is a {type(v).__name__}, not text; store the sample ids "
+                      "as strings")
 
 
 # ---------------------------------------------------------------- one modality table

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cohere.cohort import Cohort, atomic_write_table, read_table, stratified_split
+from cohere.cohort import Cohort, atomic_write_table, read_table, stratified_split, validate_table
 from cohere.errors import CohereError
 
 KNOWN = ["cna", "rnaseq", "rppa", "wsi"]
@@ -182,9 +182,20 @@ def test_integer_ids_become_decimal_strings_other_types_are_refused(tmp_path):
     with pytest.raises(CohereError, match=r"float.parquet: sample ids are float64 values .* store the id "
                                           "column as strings"):
         read_table(tmp_path / "float.parquet")
-    pd.DataFrame({"id": ["a", None], "x": [1.0, 2.0]}).to_parquet(tmp_path / "none.parquet", index=False)
-    with pytest.raises(CohereError, match="none.parquet: empty sample id in data row 2"):
-        read_table(tmp_path / "none.parquet")
+    df.assign(id=pd.Categorical(["b", "a", "0001"])).to_parquet(tmp_path / "cat.parquet", index=False)
+    assert list(read_table(tmp_path / "cat.parquet").index) == ["0001", "a", "b"]
+    df.assign(id=pd.array([7, None, 3], dtype="Int64")).to_parquet(tmp_path / "na.parquet", index=False)
+    with pytest.raises(CohereError, match="na.parquet: empty sample id in data row 2"):
+        read_table(tmp_path / "na.parquet")
+    df.assign(id=[True, False, True]).to_parquet(tmp_path / "bool.parquet", index=False)
+    with pytest.raises(CohereError, match="bool.parquet: sample ids are bool values"):
+        read_table(tmp_path / "bool.parquet")
+    mixed = pd.DataFrame({"a": [1.0, 2.0, 3.0]}, index=pd.Index(["s1", 12, None], dtype=object))
+    assert list(validate_table(mixed.iloc[:2], "mixed").index) == ["12", "s1"]   # in memory, too
+    with pytest.raises(CohereError, match="mixed: empty sample id in data row 3"):
+        validate_table(mixed, "mixed")
+    with pytest.raises(CohereError, match=r"dates: sample id Timestamp\('2020-01-01 00:00:00'\) is a Timestamp"):
+        validate_table(mixed.set_axis(pd.Index(["s1", pd.Timestamp("2020-01-01"), "s3"], dtype=object)), "dates")
 
 
 @pytest.mark.parametrize("name", ["rppa.csv", "clinical.csv", "split.csv"])
