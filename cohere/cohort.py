@@ -8,13 +8,15 @@ On disk a cohort is a folder::
     split.csv                           optional: split = train | val | test
     cohort.json                         optional: {"input_forms": {"cna": "absolute", ...}}
 
-A sample lacks a modality when its row is absent from that table or entirely NaN.
-Everything read is validated; problems raise ``CohereError`` with one line that says what
+A sample lacks a modality when its row is absent from that table or entirely NaN. Sample
+ids are text exactly as written, in every file (:func:`sample_ids`); every file is read by
+:func:`read_frame`. Everything read is validated; problems raise ``CohereError`` with one line that says what
 was expected and how to fix it.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import tempfile
@@ -31,23 +33,114 @@ RESERVED = {"clinical", "split"}
 SPLITS = ("train", "val", "test")
 
 
-# ---------------------------------------------------------------- reading one table
+# ---------------------------------------------------------------- reading one file
+
+SEPARATORS = {",": "comma", "\t": "tab", ";": "semicolon", "|": "pipe"}
+SUFFIX_SEPARATOR = {".csv": ",", ".tsv": "\t"}
+
+
+def read_frame(path: str | os.PathLike) -> pd.DataFrame:
+    """Read one cohort file (Parquet, CSV or TSV by suffix) with its sample ids as the index.
+
+    The one reading path of every table, clinical.csv and split.csv. The ids are the first
+    column (or a Parquet file's index), turned into strings by :func:`sample_ids`. In a
+    CSV/TSV they are read as text exactly as written: ``0001``, ``1e3`` and ``NA`` are ids,
+    not numbers or missing values. Other cells are parsed as pandas does (empty, ``NA``,
+    ``nan`` ... are missing).
+    """
+    path = Path(path)
+    try:
+        if path.suffix == ".parquet":
+            df = pd.read_parquet(path)
+            if isinstance(df.index, pd.RangeIndex) and df.index.name is None and len(df.columns):
+                df = df.set_index(df.columns[0])
+        else:
+            sep = _separator(path)
+            df = pd.read_csv(path, sep=sep, index_col=0, dtype={0: str})
+            ids = pd.read_csv(path, sep=sep, usecols=[0], dtype=str, keep_default_na=False)
+            if len(ids) != len(df):
+                raise ValueError(f"{len(ids)} ids for {len(df)} rows")
+            df.index = pd.Index(ids.iloc[:, 0].to_numpy(), name=df.index.name)
+    except CohereError:
+        raise
+    except (OSError, ValueError, ImportError) as e:
+        raise CohereError(f"{path.name}: cannot read the file ({e}); expected a Parquet/CSV/TSV file "
+                          "with sample ids in the first column") from None
+    df.index = sample_ids(df.index, path.name)
+    return df
+
+
+def _separator(path: Path) -> str:
+    """The separator its suffix implies; refuse a header that is separated by another one."""
+    sep = SUFFIX_SEPARATOR.get(path.suffix, ",")
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
+        header = f.readline()
+    fields = {s: len(next(csv.reader([header], delimiter=s), [])) for s in SEPARATORS}
+    found = max(SEPARATORS, key=lambda s: fields[s])
+    if fields[sep] > 1 or fields[found] < 2:
+        return sep
+    fixes = [f"re-save it {SEPARATORS[sep]}-separated"]
+    renamed = {v: k for k, v in SUFFIX_SEPARATOR.items()}.get(found)
+    if renamed and path.stem not in RESERVED:
+        fixes.insert(0, f"rename it to {path.stem}{renamed}")
+    raise CohereError(f"{path.name}: the header is {SEPARATORS[found]}-separated ({fields[found]} "
+                      f"columns), but a {path.suffix} file is read as {SEPARATORS[sep]}-separated; "
+                      + " or ".join(fixes))
+
+
+def sample_ids(index, name: str) -> pd.Index:
+    """Sample ids as strings: the one conversion for every table, clinical.csv and split.csv.
+
+    Text ids are kept exactly as they are; integer ids (e.g. an integer Parquet column) become
+    their decimal strings (``7`` -> ``"7"``). Anything else (floats, dates), an empty or
+    missing id, an id with leading or trailing whitespace, and a duplicated id are refused:
+    each would silently fail to match the same sample in another file.
+    """
+    index = pd.Index(index)
+    dtype = index.dtype
+    if pd.api.types.is_integer_dtype(dtype) and not index.hasnans:
+        ids = index.astype(str)
+    elif (pd.api.types.is_integer_dtype(dtype) or pd.api.types.is_string_dtype(dtype)
+          or pd.api.types.is_object_dtype(dtype) or isinstance(dtype, pd.CategoricalDtype)):
+        ids = pd.Index([_text_id(v, name) for v in index], dtype=str)
+    else:
+        example = f" (e.g. {index[0]!r})" if len(index) else ""
+        raise CohereError(f"{name}: sample ids are {dtype} values{example}; expected text or integer "
+                          "ids: store the id column as strings")
+    empty = np.flatnonzero(ids == "")
+    if len(empty):
+        raise CohereError(f"{name}: empty sample id in data row {empty[0] + 1} ({len(empty)} such rows); "
+                          "every row needs its sample id in the first column")
+    padded = ids[ids != ids.str.strip()]
+    if len(padded):
+        raise CohereError(f"{name}: sample id {padded[0]!r} has leading or trailing whitespace "
+                          f"({len(padded)} such ids); remove it so that ids match across files")
+    dup = ids[ids.duplicated()]
+    if len(dup):
+        raise CohereError(f"{name}: duplicate sample id {dup[0]!r} ({len(dup)} duplicated); "
+                          "each sample must have one row")
+    return pd.Index(ids, name="sample")
+
+
+def _text_id(v, name: str) -> str:
+    """One id as text: strings as they are, integers in decimal, missing as "" (refused later)."""
+    if isinstance(v, str):
+        return v
+    if isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)):
+        return str(v)
+    if pd.isna(v):
+        return ""
+    raise CohereError(f"{name}: sample id {v!r} is a {type(v).__name__}, not text; store the sample ids "
+                      "as strings")
+
+
+# ---------------------------------------------------------------- one modality table
 
 
 def read_table(path: str | os.PathLike) -> pd.DataFrame:
     """Read one modality table as float32, validated; all-NaN rows are dropped."""
     path = Path(path)
-    try:
-        if path.suffix == ".parquet":
-            df = pd.read_parquet(path)
-            if isinstance(df.index, pd.RangeIndex) and df.index.name is None:
-                df = df.set_index(df.columns[0])
-        else:
-            df = pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",", index_col=0)
-    except (OSError, ValueError, ImportError) as e:
-        raise CohereError(f"{path.name}: cannot read the table ({e}); expected a "
-                          "Parquet/CSV/TSV file with sample ids in the first column") from None
-    return validate_table(df, path.name)
+    return validate_table(read_frame(path), path.name)
 
 
 def validate_table(df: pd.DataFrame, name: str) -> pd.DataFrame:
@@ -56,13 +149,8 @@ def validate_table(df: pd.DataFrame, name: str) -> pd.DataFrame:
         raise CohereError(f"{name}: the table is empty ({df.shape[0]} rows x {df.shape[1]} "
                           "feature columns); expected samples as rows and features as columns")
     df = df.copy()
-    df.index = df.index.astype(str)
-    df.index.name = "sample"
+    df.index = sample_ids(df.index, name)
     df.columns = df.columns.astype(str)
-    dup = df.index[df.index.duplicated()]
-    if len(dup):
-        raise CohereError(f"{name}: duplicate sample id {dup[0]!r} ({len(dup)} duplicated); "
-                          "each sample must have one row")
     dupc = df.columns[df.columns.duplicated()]
     if len(dupc):
         raise CohereError(f"{name}: duplicate feature column {dupc[0]!r}; column names must be unique")
@@ -89,21 +177,48 @@ def validate_table(df: pd.DataFrame, name: str) -> pd.DataFrame:
 
 
 def _read_clinical(path: Path) -> pd.DataFrame:
-    try:
-        df = pd.read_csv(path, index_col=0)
-    except (OSError, ValueError) as e:
-        raise CohereError(f"{path.name}: cannot read ({e}); expected a CSV with sample ids in "
-                          "the first column") from None
-    df.index = df.index.astype(str)
-    df.index.name = "sample"
-    if df.index.duplicated().any():
-        raise CohereError(f"{path.name}: duplicate sample id {df.index[df.index.duplicated()][0]!r}")
+    df = read_frame(path)
     for col in ("os_time", "os_event", "age"):
         if col in df and not pd.api.types.is_numeric_dtype(df[col]):
             raise CohereError(f"{path.name}: column {col!r} must be numeric")
     if "os_event" in df and not df["os_event"].dropna().isin([0, 1]).all():
         raise CohereError(f"{path.name}: os_event must be 0 (censored) or 1 (event)")
     return df
+
+
+def _read_split(path: Path) -> pd.Series:
+    df = read_frame(path)
+    if "split" not in df:
+        raise CohereError(f"{path.name}: expected a column named 'split'")
+    return df["split"].astype(str)
+
+
+def _check_orientation(tables: dict[str, pd.DataFrame], names: dict[str, str],
+                       id_lists: dict[str, pd.Index]) -> None:
+    """Refuse a table that looks transposed: sample ids as column names, features as rows.
+
+    A table looks transposed when more than half of its column names are the sample ids of
+    another file (``id_lists``: clinical.csv, split.csv; or the row ids of another table) and
+    more of its column names than of its row ids are. Against another table the evidence must
+    be one-sided: when that table's column names are in turn mostly this table's row ids (two
+    tables with the same feature names, one of them transposed), the two cannot be told apart
+    here, and encoding says so (an encoder knows its features). Feature names are not sample
+    ids, so a table in the usual orientation never looks transposed.
+    """
+    refs = [(name, ids, pd.Index([])) for name, ids in id_lists.items()]
+    refs += [(names[m], t.index, t.columns) for m, t in tables.items()]
+    for m, t in tables.items():
+        for ref, ids, cols in refs:
+            if ref == names[m]:
+                continue
+            hits = int(t.columns.isin(ids).sum())
+            if 2 * hits <= len(t.columns) or hits <= int(t.index.isin(ids).sum()):
+                continue
+            if 2 * int(cols.isin(t.index).sum()) > len(cols) > 0:
+                continue
+            raise CohereError(f"{names[m]}: the table looks transposed ({hits} of its {len(t.columns)} "
+                              f"column names are sample ids of {ref}); expected samples as rows and "
+                              "features as columns: transpose it (pandas: df.T) and save it again")
 
 
 # ---------------------------------------------------------------- the cohort
@@ -129,6 +244,9 @@ class Cohort:
                 raise CohereError("clinical.csv: none of its sample ids matches a sample of the "
                                   "modality tables; the first column must hold the same ids")
         if self.split is not None:
+            if not self.split.index.isin(self.samples()).any():
+                raise CohereError("split.csv: none of its sample ids matches a sample of the "
+                                  "modality tables; the first column must hold the same ids")
             bad = set(self.split.unique()) - set(SPLITS)
             if bad:
                 raise CohereError(f"split.csv: unknown split {sorted(bad)[0]!r}; expected one of "
@@ -170,13 +288,10 @@ class Cohort:
                               "expected files such as cna.parquet")
         tables = {m: read_table(files[m]) for m in wanted}
         clinical = _read_clinical(path / "clinical.csv") if (path / "clinical.csv").exists() else None
-        labels = None
-        if split and (path / "split.csv").exists():
-            s = pd.read_csv(path / "split.csv", index_col=0)
-            if "split" not in s:
-                raise CohereError("split.csv: expected a column named 'split'")
-            labels = s["split"].astype(str)
-            labels.index = labels.index.astype(str)
+        labels = _read_split(path / "split.csv") if split and (path / "split.csv").exists() else None
+        id_lists = {f"{name}.csv": x.index for name, x in (("clinical", clinical), ("split", labels))
+                    if x is not None}
+        _check_orientation(tables, {m: files[m].name for m in tables}, id_lists)
         forms = {}
         if (path / "cohort.json").exists():
             try:

@@ -68,21 +68,28 @@ class Encoder:
 
     def encode(self, df: pd.DataFrame) -> pd.DataFrame:
         """Features -> standardised latents (n, latent_dim)."""
-        Z = self.preprocessor_.transform(df)
+        return self._latents(self.preprocessor_.transform(df), df.index)
+
+    def _latents(self, Z: np.ndarray, index) -> pd.DataFrame:
         H = (self._encode_core(Z) - self.latent_mean_) / self.latent_std_
-        return pd.DataFrame(H.astype(np.float32), index=df.index, columns=latent_columns(self.latent_dim))
+        return pd.DataFrame(H.astype(np.float32), index=index, columns=latent_columns(self.latent_dim))
 
     def encode_cohort(self, cohort, ids=None) -> pd.DataFrame:
         """Latents of ``cohort``'s table of this modality (the rows ``ids`` if given, in that
         order), refusing a table that the cohort declares (cohort.json or ``--input-form``) in
-        another input form than the one this encoder was trained on."""
+        another input form than the one this encoder was trained on.
+
+        Records what it imputed (absent features, missing values) as ``self.imputation_``
+        (a :class:`~cohere.modalities.Imputation`; its ``note()`` is the line to show the user).
+        """
         m = self.modality.name
         declared = cohort.input_forms.get(m)
         if declared is not None and declared != self.preprocessor_.form:
             raise CohereError(f"{m}: the cohort says input form {declared!r} but the encoder was trained on "
                               f"{self.preprocessor_.form!r}; re-train the encoder or convert the table")
-        table = cohort.tables[m]
-        return self.encode(table if ids is None else table.loc[ids])
+        table = cohort.tables[m] if ids is None else cohort.tables[m].loc[ids]
+        Z, self.imputation_ = self.preprocessor_.transform_recorded(table)
+        return self._latents(Z, table.index)
 
     def decode(self, latents) -> pd.DataFrame:
         """Standardised latents -> features on the modelled scale (``output_units``)."""

@@ -27,6 +27,7 @@ from .cohort import Cohort
 from .encoders import Encoder, latent_columns, load_encoder
 from .errors import CohereError
 from .experts import Expert, MultiConditionModel, list_models, load_model
+from .modalities import Imputation
 from .sampling import METHODS, Generation, generate
 
 WEIGHTINGS = ("inverse", "softmax", "uniform")
@@ -121,6 +122,7 @@ class GenerationResult:
     weights: list[float]
     target_encoder: Encoder
     settings: dict = field(default_factory=dict)
+    imputation: dict[str, Imputation] = field(default_factory=dict)   # per condition: what was imputed
 
     @property
     def draws(self) -> np.ndarray:          # (K, n, d)
@@ -135,13 +137,16 @@ class GenerationResult:
         return self.generation.variance.cpu().numpy()
 
     def diagnostics(self) -> pd.DataFrame:
-        """Per sample: draws accepted, mean attempts, mean incoherent-step fraction, variance."""
+        """Per sample: draws accepted, mean attempts, mean incoherent-step fraction, variance,
+        and per condition ``<m>_imputed``, the fraction of its encoder's features imputed."""
         g = self.generation
         return pd.DataFrame({
             "accepted": g.accepted.float().mean(0).cpu().numpy(),
             "attempts": g.attempts.float().mean(0).cpu().numpy(),
             "bad_step_fraction": g.bad_fraction.mean(0).cpu().numpy(),
             "latent_variance": self.variance.mean(1),
+            **{f"{m}_imputed": r.fraction_per_sample.reindex(self.samples).to_numpy()
+               for m, r in self.imputation.items()},
         }, index=self.samples)
 
     def to_frame(self, decode: bool = False, aggregate: bool = False) -> pd.DataFrame:
@@ -226,12 +231,13 @@ def generate_missing(
             raise CohereError(f"no patient has all of {', '.join(have)}")
         conds = {m: torch.tensor(encoders[m].encode_cohort(cohort, ids).to_numpy())
                  for m in have}
+        imputation = {m: encoders[m].imputation_ for m in have}
     else:
         n = n_unconditional or (len(patients) if patients else None)
         if not n:
             raise CohereError("unconditional generation needs a number of samples (--n-samples)")
         ids = pd.Index([f"synthetic-{i:05d}" for i in range(n)], name="sample")
-        conds = {}
+        conds, imputation = {}, {}
 
     if method == "coherent":
         ids_wanted = experts or [f"{m}->{target}" for m in have]
@@ -264,5 +270,6 @@ def generate_missing(
                    x0_bounds=None if not clip else bounds)
     settings = {"sampling_seconds": time.perf_counter() - t0, "sampler": sampler, "steps": steps, "eta": eta, "seed": seed, "draws": draws,
                 "threshold": threshold, "fraction": fraction, "attempts": attempts, "clip": clip,
-                "weighting": weighting if weights is None else "explicit"}
-    return GenerationResult(target, ids, gen, method, used, w, encoders[target], settings)
+                "weighting": weighting if weights is None else "explicit",
+                "imputation": {m: r.to_dict() for m, r in imputation.items()}}
+    return GenerationResult(target, ids, gen, method, used, w, encoders[target], settings, imputation)

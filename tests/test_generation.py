@@ -13,6 +13,7 @@ from cohere.errors import CohereError
 from cohere.experts import Expert, MultiConditionModel, model_dir
 from cohere.generation import ModelSource, consensus_weights, generate_missing
 from cohere.plugins import get_modality
+from clihelp import run
 
 TINY = dict(steps=600, eval_every=200, batch_size=128, hidden=64, layers=2, time_dim=16, val_steps=5,
             ema_decay=0.95)
@@ -144,3 +145,35 @@ def test_weights():
         consensus_weights(es, explicit={"a->x": 1})
     with pytest.raises(CohereError, match="unknown weighting 'best'"):
         consensus_weights(es, "best")
+
+
+def test_imputed_features_are_said_and_recorded(world, tmp_path, capsys):
+    """Absent encoder features (up to 10%) and missing values are imputed, never quietly: a note
+    per modality on stderr, a per-patient column in --diagnostics, a record in the settings."""
+    cohort, _, models, encoders = world
+    feats = encoders["rnaseq"].preprocessor_.features_
+    ids = cohort.samples(["rnaseq", "cna"])
+    rnaseq = cohort.tables["rnaseq"].drop(columns=feats[:4])
+    rnaseq.loc[ids[:2], rnaseq.columns[:3]] = np.nan
+    user = type(cohort)({**cohort.tables, "rnaseq": rnaseq}, cohort.clinical, cohort.split, cohort.input_forms)
+    user.write(tmp_path / "cohort")
+    code, _, err = run(["generate", "--target", "rppa", "--have", "rnaseq,cna", "--cohort", str(tmp_path / "cohort"),
+                        "--models", str(models), "--out", str(tmp_path / "g.csv"),
+                        "--diagnostics", str(tmp_path / "d.csv")], capsys)
+    assert code == 0, err
+    assert (f"note: rnaseq: 4 of the encoder's {len(feats)} features are absent from the table and were "
+            f"imputed for all {len(ids)} samples (first: {', '.join(feats[:3])}, ...); 6 missing values of "
+            f"the {len(feats) - 4} present features") in err
+    d = pd.read_csv(tmp_path / "d.csv", index_col=0)
+    assert np.allclose(d.loc[ids[:2], "rnaseq_imputed"], 7 / len(feats))
+    assert np.allclose(d.loc[ids[2:], "rnaseq_imputed"], 4 / len(feats))
+    assert "cna_imputed" in d
+    res = generate_missing(user, "rppa", ["rnaseq", "cna"], ModelSource.folder(models))
+    assert res.settings["imputation"]["rnaseq"] == {"features": len(feats), "absent": 4, "absent_features": feats[:4],
+                                                    "samples": len(ids), "missing_cells": 6}
+    assert res.diagnostics()["rnaseq_imputed"].equals(d["rnaseq_imputed"].rename_axis("sample"))
+    code, _, err = run(["encode", "--models", str(models), "--cohort", str(tmp_path / "cohort"),
+                        "--out", str(tmp_path / "z.parquet")], capsys)
+    n_rna = len(rnaseq.dropna(how="all"))
+    assert code in (0, None) and f"note: rnaseq: 4 of the encoder's {len(feats)} features are absent from the " \
+                                 f"table and were imputed for all {n_rna} samples" in err

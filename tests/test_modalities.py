@@ -107,3 +107,49 @@ def test_transform_needs_the_trained_features(real):
     pre = Preprocessor(get_modality("rppa"), "normalized").fit(table)
     with pytest.raises(CohereError, match="the table lacks .* of the encoder's"):
         pre.transform(table.iloc[:, :10])
+
+
+# ---------------------------------------------------------------- what was imputed is said (issue 11.6)
+
+
+def test_the_record_counts_absent_features_and_missing_values(real):
+    table = real.tables["rppa"].iloc[:300]
+    pre = Preprocessor(get_modality("rppa"), "normalized").fit(table)
+    n = len(pre.features_)
+    complete = table[pre.features_].dropna().iloc[:40]
+    X, rec = pre.transform_recorded(complete)
+    assert (rec.absent, rec.missing_cells, rec.note()) == ([], 0, "")          # nothing imputed: no note
+    assert np.array_equal(X, pre.transform(complete))
+    holed = complete.drop(columns=pre.features_[2:5]).copy()
+    holed.iloc[:10, :2] = np.nan
+    X, rec = pre.transform_recorded(holed)
+    assert rec.absent == pre.features_[2:5] and rec.missing_cells == 20 and rec.n_samples == 40
+    assert rec.per_sample.tolist() == [5] * 10 + [3] * 30 and rec.per_sample.index.equals(holed.index)
+    assert np.allclose(rec.fraction_per_sample.iloc[0], 5 / n)
+    assert rec.note() == (f"rppa: 3 of the encoder's {n} features are absent from the table and were imputed "
+                          f"for all 40 samples (first: {', '.join(pre.features_[2:5])}); 20 missing values of "
+                          f"the {n - 3} present features ({20 / (40 * (n - 3)):.1%}) were imputed")
+    assert rec.to_dict() == {"features": n, "absent": 3, "absent_features": pre.features_[2:5],
+                             "samples": 40, "missing_cells": 20}
+    assert np.isfinite(X).all()
+    _, rec = pre.transform_recorded(complete.drop(columns=pre.features_[:5]))
+    assert rec.note().startswith(f"rppa: 5 of the encoder's {n} features") and "(first: " in rec.note()
+    assert rec.note().endswith(", ...)")                                     # the first three, then ...
+
+
+def test_values_the_input_form_makes_missing_are_counted():
+    """cna in absolute copy numbers: a 0 is excluded (log2 undefined), so it is imputed too."""
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame(rng.integers(1, 5, size=(60, 6)).astype(float), columns=list("abcdef"))
+    pre = Preprocessor(get_modality("cna"), "absolute").fit(df)
+    df.iloc[0, 0] = 0.0
+    assert pre.transform_recorded(df)[1].missing_cells == 1
+
+
+def test_a_transposed_table_is_named_by_the_encoder(real):
+    table = real.tables["rppa"].iloc[:300]
+    pre = Preprocessor(get_modality("rppa"), "normalized").fit(table)
+    with pytest.raises(CohereError, match=rf"rppa: the table looks transposed \({len(pre.features_)} of its "
+                                          r"row ids are features of the encoder, 0 of its column names\); .* "
+                                          r"transpose it"):
+        pre.transform(table.iloc[:50].T)

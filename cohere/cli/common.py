@@ -42,3 +42,10 @@ def resolve_form(cohort: Cohort, modality: str) -> str:
     source = "given" if given else "default; set another with --input-form or cohort.json"
     typer.echo(f"{modality}: input form {form!r} ({source})", err=True)
     return form
+
+
+def note_imputation(record) -> None:
+    """Print what encoding a table imputed (an ``Imputation``), if anything, on stderr."""
+    note = record.note()
+    if note:
+        typer.echo(f"note: {note}", err=True)

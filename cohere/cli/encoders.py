@@ -12,7 +12,7 @@ from ..cohort import atomic_write_table
 from ..encoders import load_encoder, make_encoder
 from ..errors import CohereError
 from ..plugins import get_modality
-from .common import parse_forms, read_cohort, resolve_form
+from .common import note_imputation, parse_forms, read_cohort, resolve_form
 
 
 def encoder_dir(models: Path, modality: str) -> Path:
@@ -88,6 +88,7 @@ def encode(
         z.columns = [f"{m}.{col}" for col in z.columns]
         parts.append(z)
         typer.echo(f"{m}: encoded {len(z)} samples with encoder {enc.digest[:12]}", err=True)
+        note_imputation(enc.imputation_)
     table = pd.concat(parts, axis=1).reindex(c.samples())
     atomic_write_table(table, out)
     typer.echo(f"wrote {out} ({table.shape[0]} samples x {table.shape[1]} latent columns)")

@@ -15,7 +15,7 @@ from ..diffusion.train import TrainConfig
 from ..encoders import load_encoder
 from ..errors import CohereError
 from ..experts import Expert, MultiConditionModel, list_models, load_model, model_dir, parse_id
-from .common import read_cohort
+from .common import note_imputation, read_cohort
 from .encoders import encoder_dir
 
 
@@ -100,6 +100,7 @@ def train(
         encoders[m] = enc
         latents[m] = enc.encode_cohort(c, c.tables[m].index.intersection(train_ids))
         typer.echo(f"{m}: {len(latents[m])} training samples encoded with encoder {enc.digest[:12]}", err=True)
+        note_imputation(enc.imputation_)
 
     name = c.path.name if c.path else ""
     t_all = time.perf_counter()

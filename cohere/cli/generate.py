@@ -12,7 +12,7 @@ from ..cohort import atomic_write_table
 from ..errors import CohereError
 from ..generation import (DEFAULT_ETA, DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_WEIGHTING, ModelSource,
                           generate_missing)
-from .common import read_cohort
+from .common import note_imputation, read_cohort
 
 
 def _split(value: Optional[str]) -> list[str]:
@@ -65,6 +65,8 @@ def generate(
         sampler=sampler, steps=steps, eta=eta, seed=seed, weighting=weighting, weights=explicit,
         experts=_split(experts) or None, threshold=threshold, fraction=fraction, attempts=attempts,
         device=device, allow_unconditional=allow_unconditional, n_unconditional=n_samples)
+    for record in result.imputation.values():
+        note_imputation(record)
     table = result.to_frame(decode=decode, aggregate=aggregate)
     atomic_write_table(table.set_index("sample"), out)
     diag = result.diagnostics()

@@ -1,5 +1,5 @@
 """Modalities: the ``Modality`` base class, the shared ``Preprocessor`` and the built-ins."""
 
-from .base import Modality, Preprocessor
+from .base import Imputation, Modality, Preprocessor
 
-__all__ = ["Modality", "Preprocessor"]
+__all__ = ["Imputation", "Modality", "Preprocessor"]

@@ -75,6 +75,45 @@ class Modality:
 
 
 @dataclass
+class Imputation:
+    """What preprocessing one table imputed: the encoder's features absent from the table
+    (imputed for every sample; at most ``Modality.max_missing`` of them, else it refuses) and
+    the missing cells of the features present (NaN, or made missing by the input form's
+    transform)."""
+
+    modality: str
+    n_features: int            # the encoder's features
+    absent: list[str]          # of them, absent from the table, in the encoder's order
+    n_samples: int
+    missing_cells: int         # missing cells of the present features
+    per_sample: pd.Series      # imputed features per sample (absent + missing), by sample id
+
+    @property
+    def fraction_per_sample(self) -> pd.Series:
+        """Per sample, the fraction of the encoder's features that were imputed."""
+        return self.per_sample / self.n_features
+
+    def note(self) -> str:
+        """One line saying what was imputed ("" when nothing was)."""
+        parts = []
+        if self.absent:
+            first = ", ".join(self.absent[:3]) + (", ..." if len(self.absent) > 3 else "")
+            parts.append(f"{len(self.absent):,} of the encoder's {self.n_features:,} features are absent "
+                         f"from the table and were imputed for all {self.n_samples:,} samples (first: {first})")
+        if self.missing_cells:
+            present = self.n_features - len(self.absent)
+            share = self.missing_cells / (present * self.n_samples)
+            parts.append(f"{self.missing_cells:,} missing values of the {present:,} present features "
+                         f"({f'{share:.1%}' if share >= 0.001 else '< 0.1%'}) were imputed")
+        return f"{self.modality}: " + "; ".join(parts) if parts else ""
+
+    def to_dict(self) -> dict:
+        """JSON-ready summary (the per-sample counts are left out)."""
+        return {"features": self.n_features, "absent": len(self.absent), "absent_features": list(self.absent),
+                "samples": self.n_samples, "missing_cells": self.missing_cells}
+
+
+@dataclass
 class Preprocessor:
     """Fit-on-train preprocessing of one modality (sklearn-like; state ends in ``_``)."""
 
@@ -136,11 +175,21 @@ class Preprocessor:
 
     def transform(self, df: pd.DataFrame) -> np.ndarray:
         """Return the standardised, imputed matrix (n_samples, n_features_) as float32."""
+        return self.transform_recorded(df)[0]
+
+    def transform_recorded(self, df: pd.DataFrame) -> tuple[np.ndarray, "Imputation"]:
+        """:meth:`transform`, and the :class:`Imputation` record of what it imputed."""
         if not self.features_:
             raise CohereError("the preprocessor is not fitted; call fit() first")
         m = self.modality
         absent = [f for f in self.features_ if f not in df.columns]
         if len(absent) > m.max_missing * len(self.features_):
+            as_rows = int(df.index.isin(self.features_).sum())
+            if as_rows > len(self.features_) - len(absent):
+                raise CohereError(f"{m.name}: the table looks transposed ({as_rows} of its row ids are "
+                                  f"features of the encoder, {len(self.features_) - len(absent)} of its "
+                                  "column names); expected samples as rows and features as columns: "
+                                  "transpose it (pandas: df.T) and save it again")
             raise CohereError(f"{m.name}: the table lacks {len(absent)} of the encoder's "
                               f"{len(self.features_)} features (e.g. {absent[0]!r}); expected the "
                               "features the encoder was trained on")
@@ -150,7 +199,10 @@ class Preprocessor:
         Xt = Xt.reindex(columns=self.features_).to_numpy(np.float64)
         s = {k: v.double().numpy() for k, v in self.state_.items()}
         Z = (Xt - s["center"] - s["mean"]) / s["std"]
-        return self._impute(Z, s).astype(np.float32)
+        nan = np.isnan(Z)                               # absent features and missing cells
+        record = Imputation(m.name, len(self.features_), absent, len(df),
+                            int(nan.sum()) - len(absent) * len(df), pd.Series(nan.sum(1), index=df.index))
+        return self._impute(Z, s).astype(np.float32), record
 
     def _impute(self, Z: np.ndarray, s: dict) -> np.ndarray:
         nan = np.isnan(Z)
