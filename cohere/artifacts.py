@@ -21,7 +21,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from . import __version__
+from . import __version__, ids
 from .errors import CohereError
 
 WEIGHTS = "model.safetensors"
@@ -78,6 +78,7 @@ def save_artifact(folder: str | os.PathLike, config: dict, tensors: dict[str, to
     folder = Path(folder)
     if config.get("kind") not in KINDS:
         raise ValueError(f"config['kind'] must be one of {KINDS}")
+    _check_ids(folder / CONFIG, config)  # nothing is saved that read_config would refuse
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:
@@ -103,6 +104,7 @@ def save_artifact(folder: str | os.PathLike, config: dict, tensors: dict[str, to
 
 
 def read_config(folder: str | os.PathLike, kind: str | None = None) -> dict:
+    """config.json of an artifact folder, its ids checked (they name folders), ``kind`` if given."""
     folder = Path(folder)
     if not (folder / CONFIG).is_file():
         raise CohereError(f"{folder}: not an artifact folder (no {CONFIG}); expected a folder "
@@ -111,9 +113,38 @@ def read_config(folder: str | os.PathLike, kind: str | None = None) -> dict:
         config = json.loads((folder / CONFIG).read_text())
     except json.JSONDecodeError as e:
         raise CohereError(f"{folder / CONFIG}: not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise CohereError(f"{folder / CONFIG}: expected a JSON object; re-download or re-train the artifact")
     if kind is not None and config.get("kind") != kind:
         raise CohereError(f"{folder}: is a {config.get('kind')!r} artifact, expected {kind!r}")
+    _check_ids(folder / CONFIG, config)
     return config
+
+
+def _check_ids(path: Path, config: dict) -> None:
+    """Every modality name and model id of a config follows the one rule (``cohere.ids``)."""
+    kind = config.get("kind")
+    if kind not in KINDS:
+        return
+
+    def field(name: str) -> str:
+        return f"{path}: field {name!r}"
+
+    if kind == "encoder":
+        ids.modality(config.get("id"), field("id"))
+    else:
+        ids.parse_id(config.get("id"), field("id"))
+    for key in ("modality", "source", "target"):
+        if key in config:
+            ids.modality(config[key], field(key))
+    sources, encoders = config.get("sources", []), config.get("encoders", {})
+    if not isinstance(sources, list) or not isinstance(encoders, dict):
+        raise CohereError(f"{path}: fields 'sources' and 'encoders' must be a list of modality names and an "
+                          "object {modality: digest}; re-download or re-train the artifact")
+    for i, m in enumerate(sources):
+        ids.modality(m, field(f"sources[{i}]"))
+    for m in encoders:
+        ids.modality(m, f"{path}: a key of field 'encoders'")
 
 
 def load_artifact(folder: str | os.PathLike, kind: str | None = None) -> Artifact:

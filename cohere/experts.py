@@ -27,26 +27,14 @@ from .artifacts import load_artifact, read_config, render_card, save_artifact
 from .diffusion import Denoiser, DenoiserConfig, NoiseSchedule
 from .diffusion.train import TrainConfig, TrainResult, random_search, train_denoiser
 from .errors import CohereError
+from .ids import ARROW, parse_id
 from .sampling import Member, sample_latents
-
-ARROW = "->"
 
 
 def folder_name(model_id: str) -> str:
     """``"rnaseq->cna"`` -> ``"rnaseq_to_cna"``; ``"multi->cna"`` -> ``"multi_to_cna"``."""
     source, target = parse_id(model_id)
     return f"{source}_to_{target}"
-
-
-def parse_id(model_id: str) -> tuple[str, str]:
-    """``"rnaseq->cna"`` -> ``("rnaseq", "cna")`` with checks."""
-    parts = str(model_id).split(ARROW)
-    if len(parts) != 2 or not all(p.strip() for p in parts):
-        raise CohereError(f"model id {model_id!r}: expected SOURCE->TARGET (e.g. rnaseq->cna) or multi->TARGET")
-    source, target = (p.strip().lower() for p in parts)
-    if source == target:
-        raise CohereError(f"model id {model_id!r}: source and target must differ")
-    return source, target
 
 
 def _digests(encoders: Mapping, modalities: Sequence[str]) -> dict[str, str]:

@@ -26,6 +26,7 @@ import re
 from importlib import resources
 from pathlib import Path
 
+from . import ids
 from .artifacts import CARD, CONFIG, WEIGHTS, load_artifact
 from .errors import CohereError
 
@@ -345,18 +346,31 @@ def find_encoder(modality: str, digest: str, entries: list[dict] | None = None) 
 
 
 def entry_problems(entry: dict) -> list[str]:
-    """Schema errors plus the cross-field rules a schema cannot say simply."""
+    """Schema errors, the id rule of ``cohere.ids``, and the cross-field rules a schema cannot
+    say simply."""
     errors = schema_errors(entry, schema()["$defs"]["entry"], schema())
     if errors:
         return errors
     kind, mods = entry["kind"], entry["modalities"]
+    try:
+        for m in [*mods, *entry["encoders"]]:
+            ids.modality(m, "modality")
+        if kind == "encoder":
+            ids.modality(entry["id"], "id")
+            source, target = None, entry["id"]
+        else:
+            source, target = ids.parse_id(entry["id"], "id")
+    except CohereError as e:
+        return [str(e)]
     if kind == "encoder":
         if mods != [entry["id"]]:
             errors.append(f"an encoder's modalities must be [id], got {mods}")
         if entry["encoders"] != {entry["id"]: entry["files"][WEIGHTS]}:
             errors.append("an encoder's encoders must be {id: sha256 of its model.safetensors}")
     else:
-        source, target = entry["id"].split("->")
+        if (source == ids.MULTI) != (kind == "multi"):
+            errors.append(f"kind {kind!r} needs an id {'multi->TARGET' if kind == 'multi' else 'SOURCE->TARGET'}, "
+                          f"got {entry['id']!r}")
         if mods[-1] != target or (kind == "expert" and mods != [source, target]):
             errors.append(f"modalities {mods} do not match id {entry['id']!r} (sources then target)")
         if sorted(entry["encoders"]) != sorted(set(mods)):

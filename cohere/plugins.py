@@ -27,12 +27,11 @@ from pathlib import Path
 
 import pluggy
 
-from . import __version__, hookspecs
+from . import __version__, hookspecs, ids
 from .errors import CohereError
 
 DEFAULT_PLUGINS = ("cohere.modalities.builtin", "cohere.store")
 HOOKS = ("register_modalities", "register_encoders", "register_experts", "register_commands")
-_MODALITY_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 @dataclass
@@ -185,8 +184,7 @@ def _check_modality(args, plugin):
     if len(args) != 1 or not isinstance(args[0], Modality):
         raise TypeError(f"register() expects one Modality instance, got {args!r}")
     m = args[0]
-    if not isinstance(m.name, str) or not _MODALITY_NAME.match(m.name):
-        raise ValueError(f"modality name {m.name!r} must be lowercase letters, digits or _")
+    ids.modality(m.name, "registered modality")
     if not m.input_forms:
         raise ValueError(f"modality {m.name!r} declares no input_forms")
     if m.encoder not in ("autoencoder", "pca") or m.imputer not in ("knn", "median"):
@@ -202,17 +200,12 @@ def _check_folder(args, what):
 
 def _check_encoder(args, plugin):
     folder = _check_folder(args, "modality")
-    if not isinstance(args[0], str) or not _MODALITY_NAME.match(args[0]):
-        raise ValueError(f"encoder modality {args[0]!r} must be a lowercase modality name")
-    return args[0], folder
+    return ids.modality(args[0], "registered encoder"), folder
 
 
 def _check_expert(args, plugin):
-    from .experts import parse_id
-
     folder = _check_folder(args, "model id")
-    source, target = parse_id(args[0])
-    return f"{source}->{target}", folder
+    return ids.model_id(args[0], "registered model id"), folder
 
 
 @lru_cache(maxsize=1)

@@ -28,20 +28,18 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
-from . import hub
+from . import hub, ids
 from .artifacts import CARD, CONFIG, WEIGHTS, read_config, sha256_file
 from .errors import CohereError
 from .hookspecs import hookimpl
 
 GROUPS = {"encoders": ("encoder",), "experts": ("expert", "multi")}
 MANIFEST = "store.json"
-_MODALITY = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 def default_home() -> Path:
@@ -63,14 +61,8 @@ def _group(group: str) -> str:
 def normalize_id(group: str, spec: str) -> str:
     """A modality name (encoders) or ``source->target`` / ``multi->target`` (experts)."""
     if _group(group) == "encoders":
-        m = str(spec).strip().lower()
-        if not _MODALITY.match(m):
-            raise CohereError(f"{spec!r}: expected a modality name such as rnaseq (lowercase letters, digits, _)")
-        return m
-    from .experts import parse_id
-
-    source, target = parse_id(spec)
-    return f"{source}->{target}"
+        return ids.modality(spec, "encoder")
+    return ids.model_id(spec, "expert id")
 
 
 def folder_name(group: str, art_id: str) -> str:

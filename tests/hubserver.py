@@ -477,6 +477,24 @@ def make_models(models, seed: int = 0, n: int = 120) -> dict:
     return out
 
 
+def sealed_copy(src, dest, change):
+    """A consistent artifact (config sealed in its weights) with ``change(config)`` applied,
+    as a hostile publisher could make it without cohere's own checks of ids."""
+    from pathlib import Path
+
+    from cohere import artifacts
+
+    src = Path(src)
+    art = artifacts.load_artifact(src)
+    config = json.loads(json.dumps(art.config))
+    change(config)
+    check, artifacts._check_ids = artifacts._check_ids, lambda path, config: None
+    try:
+        artifacts.save_artifact(dest, config, art.tensors, (src / "README.md").read_text())
+    finally:
+        artifacts._check_ids = check
+    return Path(dest)
+
 
 if __name__ == "__main__":  # python tests/hubserver.py [--port N] [--token T]: a local Hub for demos
     import argparse
@@ -491,3 +509,4 @@ if __name__ == "__main__":  # python tests/hubserver.py [--port N] [--token T]: 
         threading.Event().wait()
     except KeyboardInterrupt:
         server.stop()
+

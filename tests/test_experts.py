@@ -198,7 +198,7 @@ def test_config_and_weights_must_agree(tmp_path, expert):
     (folder / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CohereError, match="has shape .* expected"):
         load_model(folder)
-    cfg["architecture"]["hidden"], cfg["kind"] = 32, "encoder"
+    cfg["architecture"]["hidden"], cfg["kind"], cfg["id"] = 32, "encoder", "cna"
     (folder / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CohereError, match="expected an expert or a multi-condition model"):
         load_model(folder)

@@ -286,3 +286,43 @@ def test_an_invalid_registry_index_is_a_one_line_error(env, tmp_path, monkeypatc
     monkeypatch.setenv("COHERE_REGISTRY", str(tmp_path / "nope.json"))
     code, _, err = run(["encoders", "add", "cna"], capsys)
     assert code == 1 and "COHERE_REGISTRY" in err and "no such index file" in err
+
+
+def test_registry_entries_whose_ids_are_not_names_are_refused(env, published, tmp_path, monkeypatch, capsys):
+    """What the schema's patterns let through (Python's $ matches before a final newline, an
+    expert may not be named multi) is refused by the one rule of cohere.ids."""
+    enc, exp = published["cna"], published["rppa->cna"]
+    digest = enc["files"]["model.safetensors"]
+    bad = [(enc | {"id": "cna\n", "modalities": ["cna\n"], "encoders": {"cna\n": digest}},
+            r"modality 'cna\\n' is not a valid modality name"),
+           (exp | {"id": "multi->cna", "modalities": ["rppa", "cna"]}, r"kind 'expert' needs an id SOURCE->TARGET"),
+           (exp | {"kind": "multi"}, r"does not match \^multi->"),
+           (exp | {"id": "../../pwn->cna"}, r"does not match|is not a valid modality name"),
+           (exp | {"modalities": ["../x", "cna"]}, r"does not match|is not a valid modality name")]
+    for entry, message in bad:
+        problems = hub.entry_problems(entry)
+        assert problems and re.search(message, problems[0]), (entry["id"], problems)
+    monkeypatch.setenv("COHERE_REGISTRY", str(write_index(tmp_path / "index.json", [bad[0][0]])))
+    code, _, err = run(["encoders", "add", "cna"], capsys)
+    assert code == 1 and err.count("\n") == 1
+    assert re.search(r"registry index .*: entry 0 \('cna\\n'\): modality 'cna\\n' is not a valid modality name", err)
+
+
+def test_a_hub_repo_whose_config_names_a_path_is_refused(env, server, models, tmp_path):
+    """A hostile publisher can seal any config; the ids in it are still checked on download."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    from hubserver import sealed_copy
+
+    folder, _ = models
+    evil = sealed_copy(folder / "experts" / "rppa_to_cna", tmp_path / "evil",
+                       lambda c: c.update(id="../../pwn->cna", sources=["../../pwn"], source="../../pwn"))
+    api = HfApi(endpoint=server.url, token=TOKEN)
+    api.create_repo("lab/evil", exist_ok=True)
+    api.create_commit("lab/evil", [CommitOperationAdd(path_in_repo=n, path_or_fileobj=str(evil / n))
+                                   for n in ("config.json", "model.safetensors", "README.md")], commit_message="x")
+    with pytest.raises(CohereError, match=r"config.json: field 'id' '\.\./\.\./pwn->cna': source '\.\./\.\./pwn' is "
+                                          r"not a valid modality name"):
+        Store().add("experts", "rppa->cna", "lab/evil")
+    assert Store().entries("experts") == [] and not (env / "experts").exists()
+    assert not (env.parent / "pwn_to_cna").exists()

@@ -144,6 +144,34 @@ def test_a_raising_hook_or_invalid_registration_is_skipped_with_a_warning(with_p
         plugins.modality_names()
 
 
+
+@pytest.mark.parametrize("name", ["../../pwn", "/abs/dir", "CNA", "a.b", "cna\n", "multi", ""])
+def test_registered_names_that_are_not_modality_names_are_skipped(with_plugin, capsys, monkeypatch, name):
+    """A plugin's modality, encoder and expert ids name folders: the one rule of cohere.ids."""
+    class Hostile:
+        @hookimpl
+        def register_modalities(self, register):
+            register(type("Bad", (Modality,), {"name": name, "input_forms": {"x": "x"}})())
+
+        @hookimpl
+        def register_encoders(self, register):
+            register(name, "/nowhere")
+
+        @hookimpl
+        def register_experts(self, register):
+            register(f"rppa->{name}", "/nowhere")
+
+    with_plugin(Hostile(), "hostile")
+    assert plugins.modality_names() == ["cna", "rnaseq", "rppa", "wsi"]
+    assert plugins.encoders() == {} and plugins.experts() == {}
+    lines = [line for line in capsys.readouterr().err.splitlines() if line]
+    assert len(lines) == 3 and all(line.startswith("warning: skipping plugin 'hostile'") for line in lines)
+    assert all(f"{name!r} is not a valid modality name" in line for line in lines)
+    monkeypatch.setenv("COHERE_STRICT_PLUGINS", "1")
+    with pytest.raises(CohereError, match=r"plugin 'hostile' .* registered encoder .* is not a valid modality name"):
+        plugins.encoders()
+
+
 # ---------------------------------------------------------------- installed (entry-point) plugins
 
 

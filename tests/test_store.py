@@ -6,6 +6,7 @@ The Hub path (pinned shas, offline reloads, tampered cache) is in test_hub.py.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from cohere import plugins
 from cohere.errors import CohereError
 from cohere.store import Store, default_home
-from hubserver import make_models
+from hubserver import make_models, sealed_copy
 from clihelp import run
 
 
@@ -170,3 +171,81 @@ def test_user_errors(home, models, capsys):
     assert code == 1 and "holds expert 'rppa->cna', not 'cna->rppa'" in err
     code, _, err = run(["encoders", "add", "wsi", "--from", str(folder)], capsys)
     assert code == 1 and "neither an artifact folder" in err
+
+
+# ---------------------------------------------------------------- ids and paths: nothing outside the store
+
+
+def precious(folder: Path) -> Path:
+    """A folder outside the store with a file that must survive."""
+    folder.mkdir()
+    (folder / "data.txt").write_text("precious\n")
+    return folder
+
+
+def untouched(folder: Path) -> bool:
+    return [p.name for p in folder.iterdir()] == ["data.txt"] and (folder / "data.txt").read_text() == "precious\n"
+
+
+@pytest.mark.parametrize("group,spec", [
+    ("experts", "../../pwn->cna"), ("experts", "/abs/dir->data"), ("experts", "rppa->../../cna"),
+    ("experts", "rppa/../../x->cna"), ("experts", "RPPA->cna"), ("experts", "rppa->cna\n"),
+    ("encoders", "../../pwn"), ("encoders", "/abs/dir"), ("encoders", "cna/../../x"), ("encoders", "CNA"),
+    ("encoders", "multi"), ("encoders", "."),
+])
+def test_ids_on_the_command_line_that_are_not_names_are_refused(home, models, tmp_path, capsys, group, spec):
+    folder, _ = models
+    for args in (["add", spec, "--from", str(folder)], ["remove", spec], ["info", spec],
+                 ["push", spec, "--repo", "lab/x", "--models", str(folder)]):
+        code, out, err = run([group, *args], capsys)
+        assert code == 1 and out == "" and err.count("\n") == 1, (args, err)
+        assert re.search(r"is not a valid modality name: expected a lowercase letter|expected SOURCE->TARGET", err)
+    assert not home.exists()
+
+
+EVIL_CONFIGS = [  # (group, artifact, change, message)
+    ("experts", "rppa_to_cna", lambda c: c.update(id="../../pwn->cna", sources=["../../pwn"], source="../../pwn"),
+     r"field 'id' '\.\./\.\./pwn->cna': source '\.\./\.\./pwn' is not a valid modality name"),
+    ("experts", "rppa_to_cna", lambda c: c.update(id="/abs/dir->cna"), r"field 'id' '/abs/dir->cna': source"),
+    ("experts", "rppa_to_cna", lambda c: c.update(sources=["../x"]), r"field 'sources\[0\]' '\.\./x' is not"),
+    ("experts", "rppa_to_cna", lambda c: c.update(target="../x"), r"field 'target' '\.\./x' is not"),
+    ("experts", "rppa_to_cna", lambda c: c["encoders"].update({"/abs": "0" * 64}),
+     r"a key of field 'encoders' '/abs' is not"),
+    ("experts", "rppa_to_cna", lambda c: c.update(sources="rppa"), r"fields 'sources' and 'encoders' must be"),
+    ("encoders", "cna", lambda c: c.update(id="../../pwn", modality="../../pwn"), r"field 'id' '\.\./\.\./pwn' is not"),
+    ("encoders", "cna", lambda c: c.update(modality="/abs/dir"), r"field 'modality' '/abs/dir' is not"),
+    ("encoders", "cna", lambda c: c.update(id="CNA"), r"field 'id' 'CNA' is not a valid .*did you mean 'cna'"),
+]
+
+
+@pytest.mark.parametrize("group,name,change,message", EVIL_CONFIGS)
+def test_ids_in_an_artifact_config_that_are_not_names_are_refused(home, models, tmp_path, group, name, change,
+                                                                  message):
+    folder, _ = models
+    evil = sealed_copy(folder / group / name, tmp_path / "evil", change)
+    for m in ("cna", "rppa"):
+        if group == "experts":
+            Store().add("encoders", m, folder)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    art_id = "rppa->cna" if group == "experts" else "cna"
+    with pytest.raises(CohereError, match=message):
+        Store().add(group, art_id, evil)
+    with pytest.raises(CohereError, match=message):  # and any other reader (generate, list, push)
+        from cohere.artifacts import read_config
+
+        read_config(evil)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_the_reported_traversal_writes_and_deletes_nothing_outside(home, models, tmp_path, capsys):
+    """issue 11: an id ../../pwn->cna in config.json and on the command line."""
+    folder, _ = models
+    evil = sealed_copy(folder / "experts" / "rppa_to_cna", tmp_path / "evil",
+                       lambda c: c.update(id="../../pwn->cna", sources=["../../pwn"], source="../../pwn"))
+    for m in ("cna", "rppa"):
+        Store().add("encoders", m, folder)
+    victim = precious(home.parent / "pwn_to_cna")  # home/experts/../../pwn_to_cna
+    code, out, err = run(["experts", "add", "../../pwn->cna", "--from", str(evil)], capsys)
+    assert code == 1 and out == "" and err.count("\n") == 1
+    assert "expert id '../../pwn->cna': source '../../pwn' is not a valid modality name" in err
+    assert untouched(victim) and Store().entries("experts") == []

@@ -8,6 +8,7 @@ from typing import Optional
 import pandas as pd
 import typer
 
+from .. import ids
 from ..cohort import atomic_write_table
 from ..encoders import load_encoder, make_encoder
 from ..errors import CohereError
@@ -16,7 +17,7 @@ from .common import note_imputation, parse_forms, read_cohort, resolve_form
 
 
 def encoder_dir(models: Path, modality: str) -> Path:
-    return models / "encoders" / modality
+    return models / "encoders" / ids.modality(modality)
 
 
 def train(
