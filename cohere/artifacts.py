@@ -11,17 +11,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from . import __version__, ids
+from .atomic import writing
 from .errors import CohereError
 
 WEIGHTS = "model.safetensors"
@@ -79,27 +78,16 @@ def save_artifact(folder: str | os.PathLike, config: dict, tensors: dict[str, to
     if config.get("kind") not in KINDS:
         raise ValueError(f"config['kind'] must be one of {KINDS}")
     _check_ids(folder / CONFIG, config)  # nothing is saved that read_config would refuse
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    try:
-        tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()}
-        # one metadata key only: safetensors writes metadata in hash-map order, so several keys
-        # would make the bytes (and the digest) differ between two saves of the same weights
-        save_file(tensors, tmp / WEIGHTS, metadata={"format": "pt"})
-        digest = sha256_file(tmp / WEIGHTS)
-        config = {**config, "cohere_version": __version__, "files": {WEIGHTS: digest}}
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()}
+    # one metadata key only: safetensors writes metadata in hash-map order, so several keys
+    # would make the bytes (and the digest) differ between two saves of the same weights
+    weights = save(tensors, metadata={"format": "pt"})
+    digest = hashlib.sha256(weights).hexdigest()
+    config = {**config, "cohere_version": __version__, "files": {WEIGHTS: digest}}
+    with writing(folder, folder=True) as tmp:
+        (tmp / WEIGHTS).write_bytes(weights)
         (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         (tmp / CARD).write_text(card)
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            folder.rename(old)
-            tmp.rename(folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return digest
 
 

@@ -19,13 +19,13 @@ from __future__ import annotations
 import csv
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from .atomic import writing
 from .errors import CohereError
 
 TABLE_SUFFIXES = (".parquet", ".csv", ".tsv")
@@ -379,20 +379,14 @@ def stratified_split(cohort: Cohort, val_fraction: float = 0.05, test_fraction: 
 
 
 def atomic_write_table(df: pd.DataFrame, out: str | os.PathLike) -> Path:
-    """Write ``df`` to Parquet/CSV/TSV (by extension) atomically: nothing half-written."""
+    """Write ``df`` to Parquet/CSV/TSV (by extension) atomically: nothing half-written, no
+    temporary file left behind on failure, the permissions of a normal write."""
     out = Path(out)
     if out.suffix not in TABLE_SUFFIXES:
         raise CohereError(f"output {out.name!r}: expected a .parquet, .csv or .tsv file name")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with writing(out) as tmp:
         if out.suffix == ".parquet":
             df.to_parquet(tmp)
         else:
             df.to_csv(tmp, sep="\t" if out.suffix == ".tsv" else ",")
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return out

@@ -45,6 +45,14 @@ def sim():
     return simulate_cohort(n_patients=400, seed=3)
 
 
+@pytest.fixture(params=[0o022, 0o027, 0o077])
+def umask(request):
+    """Run the test under each of these umasks (restored afterwards)."""
+    old = os.umask(request.param)
+    yield request.param
+    os.umask(old)
+
+
 @pytest.fixture(autouse=True)
 def _builtin_plugins_only(monkeypatch):
     """Installed plugins (e.g. cohere-mirna in CI) stay out unless a test opts in."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 
 import typer
 
@@ -34,8 +36,16 @@ def make_app() -> typer.Typer:
     return app
 
 
+def exit_on_sigterm() -> None:
+    """Let SIGTERM (``timeout``, a job scheduler) end a command the way Ctrl-C does: ``finally``
+    blocks run, so an interrupted atomic write leaves no temporary file. Exit code 143."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors are one line on stderr and exit code 1."""
+    exit_on_sigterm()
     app = make_app()
     try:
         rc = app(args=argv, standalone_mode=False, prog_name="cohere")
