@@ -4,6 +4,12 @@ The same layout is a local directory or a Hub repository. Weights *and* fitted s
 are tensors in ``model.safetensors`` (no pickle anywhere); ``config.json`` holds everything
 else as JSON, including the sha256 of ``model.safetensors`` so a changed or truncated file is
 refused. An artifact's *digest* is the sha256 of its ``model.safetensors``.
+
+The digest covers the config too: ``save_artifact`` seals the whole config (everything but
+its ``files`` block) into the safetensors metadata as canonical JSON, and ``load_artifact``
+refuses a config.json that differs from that sealed copy, naming the first differing field.
+A field added to a config later is covered without being listed anywhere. The model card is
+descriptive and not sealed (the store and the registry still record its sha256).
 """
 
 from __future__ import annotations
@@ -16,8 +22,8 @@ from importlib import resources
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
 
 from . import __version__, ids
 from .atomic import writing
@@ -27,6 +33,7 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 CARD = "README.md"
 KINDS = ("encoder", "expert", "multi")
+SEALED = "cohere_config"  # the one safetensors metadata key: the canonical JSON of the config
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -71,19 +78,30 @@ class Artifact:
                                   f"expected {tuple(shape)}; re-download or re-train the artifact")
 
 
+def canonical_json(value) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _sealed_part(config: dict) -> dict:
+    """What the digest covers: the whole config except its ``files`` block (the digest itself)."""
+    return {k: v for k, v in config.items() if k != "files"}
+
+
 def save_artifact(folder: str | os.PathLike, config: dict, tensors: dict[str, torch.Tensor],
                   card: str) -> str:
     """Write an artifact folder atomically (replacing an existing one); return its digest."""
     folder = Path(folder)
     if config.get("kind") not in KINDS:
         raise ValueError(f"config['kind'] must be one of {KINDS}")
+    # the config exactly as it reads back from config.json (tuples -> lists, ...)
+    config = json.loads(json.dumps(_sealed_part({**config, "cohere_version": __version__})))
     _check_ids(folder / CONFIG, config)  # nothing is saved that read_config would refuse
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()}
     # one metadata key only: safetensors writes metadata in hash-map order, so several keys
-    # would make the bytes (and the digest) differ between two saves of the same weights
-    weights = save(tensors, metadata={"format": "pt"})
+    # would make the bytes (and the digest) differ between two saves of the same artifact
+    weights = save(tensors, metadata={SEALED: canonical_json(config)})
     digest = hashlib.sha256(weights).hexdigest()
-    config = {**config, "cohere_version": __version__, "files": {WEIGHTS: digest}}
+    config["files"] = {WEIGHTS: digest}
     with writing(folder, folder=True) as tmp:
         (tmp / WEIGHTS).write_bytes(weights)
         (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
@@ -136,20 +154,77 @@ def _check_ids(path: Path, config: dict) -> None:
 
 
 def load_artifact(folder: str | os.PathLike, kind: str | None = None) -> Artifact:
-    """Load and verify an artifact folder: recorded sha256, safetensors format, kind."""
+    """Load and verify an artifact folder: recorded sha256, the config sealed in the weights,
+    safetensors format, kind."""
     folder = Path(folder)
     config = read_config(folder, kind)
     weights = folder / WEIGHTS
     if not weights.is_file():
         raise CohereError(f"{folder}: {WEIGHTS} is missing; re-download or re-train the artifact")
     digest = sha256_file(weights)
-    recorded = config.get("files", {}).get(WEIGHTS)
+    files = config.get("files")
+    recorded = files.get(WEIGHTS) if isinstance(files, dict) else None
     if recorded != digest:
         raise CohereError(f"{weights}: sha256 {digest[:12]}... does not match the recorded "
                           f"{str(recorded)[:12]}...; the file was changed or truncated, re-download "
                           "or re-train it")
     try:
-        tensors = load_file(weights)
+        with safe_open(weights, framework="pt") as f:
+            sealed = (f.metadata() or {}).get(SEALED)
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
         raise CohereError(f"{weights}: not a valid safetensors file ({e})") from None
+    _check_sealed(folder, config, sealed)
     return Artifact(folder, config, tensors, digest)
+
+
+def _check_sealed(folder: Path, config: dict, sealed: str | None) -> None:
+    """config.json must equal the copy sealed into the weights when the artifact was saved."""
+    if sealed is None:
+        raise CohereError(f"{folder}: {WEIGHTS} holds no sealed copy of {CONFIG} (the artifact was saved by "
+                          "an older cohere), so its config cannot be verified; re-train it, or re-download "
+                          "a version saved by this cohere")
+    try:
+        saved = json.loads(sealed)
+    except json.JSONDecodeError:
+        raise CohereError(f"{folder / WEIGHTS}: its sealed config is not valid JSON; the file was changed, "
+                          "re-download or re-train the artifact") from None
+    found = _sealed_part(config)
+    if canonical_json(found) == canonical_json(saved):
+        return
+    where, before, after = _first_difference(saved, found)
+    change = "added" if before is _ABSENT else "removed" if after is _ABSENT else "changed"
+    raise CohereError(f"{folder / CONFIG}: field {where!r} was {change} after saving (saved {_short(before)}, "
+                      f"found {_short(after)}); re-download or re-train the artifact")
+
+
+_ABSENT = object()  # a key or list item that one side of _first_difference lacks
+
+
+def _short(value, width: int = 40) -> str:
+    text = "nothing" if value is _ABSENT else json.dumps(value, sort_keys=True)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def _first_difference(a, b, path: str = ""):
+    """(path, value in a, value in b) of the first place where two JSON values differ, or None.
+    Keys in sorted order; a key only one side has gives ``_ABSENT`` on the other."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            sub = f"{path}.{k}" if path else str(k)
+            if k not in a or k not in b:
+                return sub, a.get(k, _ABSENT), b.get(k, _ABSENT)
+            found = _first_difference(a[k], b[k], sub)
+            if found:
+                return found
+        return None
+    if isinstance(a, list) and isinstance(b, list):
+        for i in range(max(len(a), len(b))):
+            sub = f"{path}[{i}]"
+            if i >= len(a) or i >= len(b):
+                return sub, a[i] if i < len(a) else _ABSENT, b[i] if i < len(b) else _ABSENT
+            found = _first_difference(a[i], b[i], sub)
+            if found:
+                return found
+        return None
+    return None if canonical_json(a) == canonical_json(b) else (path, a, b)

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from cohere.artifacts import sha256_file
+from cohere.artifacts import load_artifact, save_artifact, sha256_file
 from cohere.encoders import load_encoder, make_encoder
 from cohere.errors import CohereError
 from cohere.plugins import get_modality
@@ -78,15 +78,20 @@ def test_tampered_or_truncated_weights_are_refused(tmp_path, rppa_ae):
 def test_config_and_weights_must_agree(tmp_path, rppa_ae):
     folder = tmp_path / "enc"
     rppa_ae.save(folder)
+    tensors = load_artifact(folder).tensors
     original = (folder / "config.json").read_text()
     cfg = json.loads(original)
     cfg["preprocessing"]["features"] = cfg["preprocessing"]["features"][:-1]
     (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CohereError, match=r"field 'preprocessing.features\[\d+\]' was removed after saving"):
+        load_encoder(folder)
+    # a config sealed as it is but not fitting its tensors: the strict name and shape checks
+    save_artifact(folder, cfg, tensors, "card")
     with pytest.raises(CohereError, match="has shape .* expected"):
         load_encoder(folder)
     cfg = json.loads(original)
     cfg["architecture"]["hidden"] = [64]
-    (folder / "config.json").write_text(json.dumps(cfg))
+    save_artifact(folder, cfg, tensors, "card")
     with pytest.raises(CohereError, match="does not match its config"):
         load_encoder(folder)
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from cohere.artifacts import sha256_file
+from cohere.artifacts import load_artifact, save_artifact, sha256_file
 from cohere.cli import main
 from cohere.diffusion import Denoiser, DenoiserConfig, NoiseSchedule
 from cohere.diffusion.train import TrainConfig
@@ -196,6 +196,11 @@ def test_config_and_weights_must_agree(tmp_path, expert):
     cfg = json.loads((folder / "config.json").read_text())
     cfg["architecture"]["hidden"] = 64  # the weights are 32 wide
     (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CohereError, match=r"field 'architecture.hidden' was changed after saving \(saved 32, found 64\)"):
+        load_model(folder)
+    # a config sealed as it is but not matching its tensors: the strict shape check refuses it
+    expert.save(tmp_path / "ok")
+    save_artifact(folder, cfg, load_artifact(tmp_path / "ok").tensors, "card")
     with pytest.raises(CohereError, match="has shape .* expected"):
         load_model(folder)
     cfg["architecture"]["hidden"], cfg["kind"], cfg["id"] = 32, "encoder", "cna"
