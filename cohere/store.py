@@ -14,6 +14,11 @@ sha256 of every file, and checks an expert's latent-space contract against the i
 encoders. Every later access re-hashes the files and refuses one that changed, and needs no
 network (``HF_HUB_OFFLINE=1`` works).
 
+Every change (``add``, ``remove``) holds ``.store.lock`` (filelock) around its
+read-modify-write of store.json, first deletes the temporary files an interrupted change
+left, and writes atomically with normal permissions (``cohere.atomic``). Ids are checked by
+``cohere.ids`` and every path written or deleted must resolve inside the home (``_inside``).
+
     store = Store()                          # $COHERE_HOME
     store.add("encoders", "rnaseq", "my-lab/cohere-encoder-rnaseq@v1")
     store.add("experts", "rnaseq->cna")      # resolved through the registry index
@@ -26,20 +31,27 @@ The store is also a default plugin: it registers its encoders and experts throug
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 from . import hub, ids
 from .artifacts import CARD, CONFIG, WEIGHTS, read_config, sha256_file
+from .atomic import is_temp, remove, writing
 from .errors import CohereError
 from .hookspecs import hookimpl
 
 GROUPS = {"encoders": ("encoder",), "experts": ("expert", "multi")}
 MANIFEST = "store.json"
+LOCK = ".store.lock"  # held around every change of the store (filelock: released if the process dies)
+LOCK_TIMEOUT = 120  # seconds to wait for another add/remove
+# what earlier versions named their temporary files (tempfile): .store.XXXXXXXX.json, <group>/.<name>.XXXXXXXX/
+_LEGACY_TEMP = {"home": re.compile(r"\.store\.[a-z0-9_]{8}\.json"),
+                "group": re.compile(r"\.[a-z][a-z0-9_]*\.[a-z0-9_]{8}")}
 
 
 def default_home() -> Path:
@@ -110,12 +122,55 @@ class Store:
         return data
 
     def _write(self, data: dict) -> None:
-        self.home.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.home, prefix=".store.", suffix=".json")
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, self.manifest_path)
+        """Replace the manifest atomically (call with the lock held, see ``_changing``)."""
+        with writing(self._inside(self.manifest_path)) as tmp:
+            tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+    @contextlib.contextmanager
+    def _changing(self):
+        """Hold the store's lock for one read-modify-write, after tidying what an interrupted
+        change left behind. Two processes adding at once take turns instead of losing an entry."""
+        from filelock import FileLock, Timeout
+
+        lock = FileLock(self.home / LOCK, timeout=LOCK_TIMEOUT)
+        try:
+            self.home.mkdir(parents=True, exist_ok=True)
+            lock.acquire()
+        except Timeout:
+            raise CohereError(f"the store {self.home} is busy: another cohere process has held {lock.lock_file} "
+                              f"for {LOCK_TIMEOUT}s; wait for it to finish and try again") from None
+        except OSError as e:
+            raise CohereError(f"cannot lock the store {self.home} ({type(e).__name__}: {e.strerror or e}); adding "
+                              "and removing need write access there: set COHERE_HOME to a folder of yours") from None
+        try:
+            self._tidy()
+            yield
+        finally:
+            lock.release()
+
+    def _tidy(self) -> None:
+        """Delete the temporary files and folders an interrupted change left (lock held): only
+        the store's own temporary names, only in the store home and its group folders."""
+        for where, parent in [("home", self.home)] + [("group", self.home / g) for g in GROUPS]:
+            if not parent.is_dir() or parent.is_symlink():
+                continue
+            for path in parent.iterdir():
+                if is_temp(path.name) or _LEGACY_TEMP[where].fullmatch(path.name):
+                    remove(self._inside(path))
+
+    def _inside(self, path: Path) -> Path:
+        """``path``, after checking that it lies inside the store home (links above it resolved).
+
+        The second line of defence after ``cohere.ids``: every path the store writes, renames
+        or deletes goes through here, so neither an id nor an edited store.json can reach out.
+        """
+        home = self.home.resolve()
+        full = Path(os.path.abspath(path))
+        real = full.parent.resolve() / full.name
+        if real == home or home not in real.parents:
+            raise CohereError(f"refusing {path}: it resolves to {real}, outside the store {home}; expected a path "
+                              f"inside it (check the id, and {self.manifest_path} if it was edited)")
+        return path
 
     def entries(self, group: str) -> list[dict]:
         """Manifest entries of ``group`` ("encoders" or "experts"), sorted by id."""
@@ -139,13 +194,16 @@ class Store:
     def folder(self, group: str, spec: str, verify: bool = True) -> Path:
         """The artifact folder of an installed item; with ``verify`` every file is re-hashed."""
         entry = self.entry(group, spec)
-        folder = self.home / entry["folder"]
+        folder = self._folder_of(entry)
         if verify:
             self._verify(group, entry)
         return folder
 
+    def _folder_of(self, entry: dict) -> Path:
+        return self._inside(self.home / entry["folder"])
+
     def _verify(self, group: str, entry: dict) -> None:
-        folder = self.home / entry["folder"]
+        folder = self._folder_of(entry)
         for name, recorded in sorted(entry["files"].items()):
             path = folder / name
             where = f"{entry['repo']}@{entry['sha'][:12]}" if entry.get("origin") == "hub" else entry.get("path")
@@ -190,7 +248,7 @@ class Store:
         """{id: Expert or MultiConditionModel}, each checked against the installed encoders."""
         from .experts import load_model
 
-        digests = {e["id"]: e["digest"] for e in self.entries("encoders")}
+        digests = self._encoder_digests()
         models = {}
         for art_id, folder in self.experts(target, kinds=kinds).items():
             model = load_model(folder)
@@ -210,6 +268,13 @@ class Store:
         """
         group = _group(group)
         art_id = normalize_id(group, spec)
+        origin, folder, config, files = self._fetch(group, art_id, source, force, endpoint, token)
+        self._check_loads(group, folder)
+        with self._changing():
+            return self._install(group, art_id, origin, folder, config, files, force)
+
+    def _fetch(self, group: str, art_id: str, source, force: bool, endpoint, token) -> tuple:
+        """(origin, folder, config, sha256 of each file) of what ``add`` installs, checked."""
         origin = self._origin(group, art_id, source)
         if origin["origin"] == "hub":
             if "sha" not in origin:  # resolved once; the registry pins it already
@@ -222,10 +287,8 @@ class Store:
             folder = origin.pop("folder")
         config = read_config(folder)
         self._check_identity(group, art_id, config, origin)
-        previous = self.get(group, art_id)
-        if group == "experts":
-            digests = {e["id"]: e["digest"] for e in self.entries("encoders")}
-            self._check_contract(art_id, config.get("encoders", {}), digests, origin)
+        if group == "experts":  # before downloading the weights; checked again under the lock
+            self._check_contract(art_id, config.get("encoders", {}), self._encoder_digests(), origin)
         if origin["origin"] == "hub":
             for name in (WEIGHTS, CARD):
                 hub.download(origin["repo"], origin["sha"], name, self.home / "hub", endpoint, token, force=force)
@@ -240,8 +303,15 @@ class Store:
                 raise CohereError(f"{art_id}: {name} from {origin['repo']}@{origin['sha'][:12]} has sha256 "
                                   f"{files.get(name, '')[:12]}... but the registry records {want[:12]}...; "
                                   "refusing it (the repository or the cache was changed)")
-        self._check_loads(group, folder)
-        if group == "encoders":
+        return origin, folder, config, files
+
+    def _install(self, group: str, art_id: str, origin: dict, folder: Path, config: dict, files: dict,
+                 force: bool) -> dict:
+        """Place the artifact and record it (lock held: the checks see the store as it is now)."""
+        previous = self.get(group, art_id)
+        if group == "experts":
+            self._check_contract(art_id, config.get("encoders", {}), self._encoder_digests(), origin)
+        else:
             self._check_dependents(art_id, files[WEIGHTS])
         if previous is not None and not force:
             if previous["files"] == files:
@@ -258,6 +328,9 @@ class Store:
         data[group][art_id] = entry
         self._write(data)
         return entry
+
+    def _encoder_digests(self) -> dict[str, str]:
+        return {e["id"]: e["digest"] for e in self.entries("encoders")}
 
     def _origin(self, group: str, art_id: str, source) -> dict:
         if source is None:
@@ -370,50 +443,38 @@ class Store:
 
     def _place(self, group: str, art_id: str, folder: Path, origin: str) -> None:
         """Put the artifact at ``home/group/name``: a copy, or a link into the hub cache."""
-        dest = self.home / group / folder_name(group, art_id)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
-        try:
+        dest = self._inside(self.home / group / folder_name(group, art_id))
+        with writing(dest, folder=True) as tmp:
             if origin == "hub":
                 tmp.rmdir()
                 try:
                     os.symlink(os.path.relpath(folder, dest.parent), tmp, target_is_directory=True)
                 except OSError:  # no symlinks (e.g. Windows without developer mode): copy
                     tmp.mkdir()
-                    for n in (CONFIG, WEIGHTS, CARD):
-                        shutil.copyfile(folder / n, tmp / n)
-            else:
+            if not tmp.is_symlink():
                 for n in (CONFIG, WEIGHTS, CARD):
                     shutil.copyfile(folder / n, tmp / n)
-            self._unplace(dest)
-            os.replace(tmp, dest)
-        finally:
-            self._unplace(tmp)
-
-    @staticmethod
-    def _unplace(path: Path) -> None:
-        if path.is_symlink() or path.is_file():
-            path.unlink()
-        elif path.is_dir():
-            shutil.rmtree(path)
 
     # -- remove
 
     def remove(self, group: str, spec: str) -> dict:
         """Uninstall; an encoder that installed experts use is refused. Returns the old entry."""
-        entry = self.entry(group, spec)
-        art_id = entry["id"]
-        if group == "encoders":
-            users = [e["id"] for e in self.entries("experts") if art_id in e["encoders"]]
-            if users:
-                raise CohereError(f"installed experts {', '.join(users)} use the {art_id} encoder; remove them "
-                                  f"first (cohere experts remove ID)")
-        data = self._read()
-        del data[group][art_id]
-        self._write(data)
-        self._unplace(self.home / entry["folder"])
-        if entry.get("origin") == "hub":
-            self._drop_snapshot(entry, data)
+        self.entry(group, spec)  # a bad id or one not installed: refused before anything is written
+        with self._changing():
+            entry = self.entry(group, spec)
+            art_id = entry["id"]
+            if group == "encoders":
+                users = [e["id"] for e in self.entries("experts") if art_id in e["encoders"]]
+                if users:
+                    raise CohereError(f"installed experts {', '.join(users)} use the {art_id} encoder; remove them "
+                                      f"first (cohere experts remove ID)")
+            folder = self._folder_of(entry)
+            data = self._read()
+            del data[group][art_id]
+            self._write(data)
+            remove(folder)
+            if entry.get("origin") == "hub":
+                self._drop_snapshot(entry, data)
         return entry
 
     def _drop_snapshot(self, entry: dict, data: dict) -> None:
@@ -434,7 +495,7 @@ class Store:
 
     def size(self, entry: dict) -> int:
         """Bytes of the installed files (0 for missing ones)."""
-        folder = self.home / entry["folder"]
+        folder = self._folder_of(entry)
         return sum((folder / n).stat().st_size for n in entry["files"] if (folder / n).is_file())
 
 

@@ -6,7 +6,12 @@ The Hub path (pinned shas, offline reloads, tampered cache) is in test_hub.py.
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -249,3 +254,150 @@ def test_the_reported_traversal_writes_and_deletes_nothing_outside(home, models,
     assert code == 1 and out == "" and err.count("\n") == 1
     assert "expert id '../../pwn->cna': source '../../pwn' is not a valid modality name" in err
     assert untouched(victim) and Store().entries("experts") == []
+
+
+def test_the_store_writes_and_deletes_only_inside_its_home(home, models, tmp_path, capsys):
+    """The second line of defence: an edited store.json or a linked folder cannot reach out."""
+    folder, _ = models
+    Store().add("encoders", "cna", folder)
+    victim = precious(tmp_path / "victim")
+    manifest = json.loads((home / "store.json").read_text())
+    manifest["encoders"]["cna"]["folder"] = "../victim"
+    (home / "store.json").write_text(json.dumps(manifest))
+    code, _, err = run(["encoders", "remove", "cna"], capsys)
+    assert code == 1 and err.count("\n") == 1
+    assert re.search(r"refusing .*victim: it resolves to .*victim, outside the store .*home; expected a path inside "
+                     r"it \(check the id, and .*store.json if it was edited\)", err)
+    assert untouched(victim)
+    with pytest.raises(CohereError, match="outside the store"):
+        Store().encoders()
+    # a group folder that is a link to elsewhere: nothing is placed through it
+    (home / "store.json").unlink()
+    shutil.rmtree(home / "encoders")
+    (home / "encoders").symlink_to(victim, target_is_directory=True)
+    with pytest.raises(CohereError, match=r"resolves to .*victim/cna, outside the store"):
+        Store().add("encoders", "cna", folder)
+    assert untouched(victim)
+
+
+# ---------------------------------------------------------------- interrupted changes, permissions, concurrency
+
+
+def leftovers(home: Path) -> list[str]:
+    return sorted(str(p.relative_to(home)) for p in home.rglob(".*") if p.name != ".store.lock")
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt, OSError])
+def test_an_interrupted_install_leaves_no_temporary_folder_and_the_store_as_before(home, models, monkeypatch, error):
+    import cohere.store
+
+    folder, _ = models
+    Store().add("encoders", "cna", folder)
+    manifest = (home / "store.json").read_text()
+    real, calls = shutil.copyfile, []
+
+    def copyfile(src, dst):
+        calls.append(dst)
+        real(src, dst)
+        if len(calls) % 2 == 0:  # the second file of each install
+            raise error("interrupted")
+
+    monkeypatch.setattr(cohere.store.shutil, "copyfile", copyfile)
+    with pytest.raises(error):
+        Store().add("encoders", "rppa", folder)
+    with pytest.raises(error):  # replacing an installed version: the old one stays
+        Store().add("encoders", "cna", folder / "encoders" / "cna", force=True)
+    assert len(calls) == 4 and leftovers(home) == []
+    assert (home / "store.json").read_text() == manifest
+    assert sorted(p.name for p in (home / "encoders").iterdir()) == ["cna"]
+    monkeypatch.setattr(cohere.store.shutil, "copyfile", real)
+    assert list(Store().encoders()) == ["cna"]  # verified: the installed files are intact
+    Store().add("encoders", "rppa", folder)  # and the lock was released
+    assert [e["id"] for e in Store().entries("encoders")] == ["cna", "rppa"]
+
+
+def test_the_store_tidies_what_an_interrupted_run_left(home, models, tmp_path, capsys):
+    folder, _ = models
+    Store().add("encoders", "cna", folder)
+    outside = precious(tmp_path / "outside")
+    left = {"home": [".store.json.0123abcd.tmp", ".store.ab_12cd3.json"],
+            "encoders": [".rppa.89abcdef.tmp", ".rppa.k2j_4h5x"], "experts": [".rppa_to_cna.00ff00ff.tmp"]}
+    (home / left["home"][0]).write_text("{")
+    (home / left["home"][1]).write_text("{")
+    for name in left["encoders"]:
+        (home / "encoders" / name).mkdir()
+        (home / "encoders" / name / "model.safetensors").write_bytes(b"half")
+    (home / "experts").mkdir()
+    (home / "experts" / left["experts"][0]).symlink_to(outside, target_is_directory=True)
+    keep = [home / "notes.txt", home / "encoders" / ".keep", home / "hub" / ".x.0123abcd.tmp"]
+    for path in keep:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("mine\n")
+    assert run(["encoders", "list"], capsys)[0] == 0 and len(leftovers(home)) == 7  # reading writes nothing
+    Store().add("encoders", "rppa", folder)
+    assert leftovers(home) == ["encoders/.keep", "hub/.x.0123abcd.tmp"]
+    assert all(p.read_text() == "mine\n" for p in keep) and untouched(outside)
+    (home / "encoders" / ".cna.0123abcd.tmp").mkdir()
+    Store().remove("encoders", "rppa")  # remove tidies too
+    assert leftovers(home) == ["encoders/.keep", "hub/.x.0123abcd.tmp"]
+
+
+def test_the_store_gets_the_permissions_of_a_normal_write(home, models, umask):
+    folder, _ = models
+    for m in ("cna", "rppa"):
+        Store().add("encoders", m, folder)
+    Store().add("experts", "rppa->cna", folder)
+    Store().add("encoders", "cna", folder / "encoders" / "cna", force=True)  # a replaced folder too
+    modes = {str(p.relative_to(home)): stat.S_IMODE(p.stat().st_mode) for p in home.rglob("*")
+             if p.name != ".store.lock"}
+    want = {p: (0o777 if (home / p).is_dir() else 0o666) & ~umask for p in modes}
+    assert modes == want and "store.json" in modes and "experts/rppa_to_cna/model.safetensors" in modes
+
+
+CONCURRENT_ADD = """
+import sys, time
+from pathlib import Path
+from cohere.store import Store
+
+real = Store._write
+def slow(self, data):  # widen the read-modify-write window: without a lock one entry is lost
+    time.sleep(1.5)
+    real(self, data)
+Store._write = slow
+modality, folder, ready, other = sys.argv[1:]
+Path(ready).touch()
+while not Path(other).exists():  # start both adds at the same moment
+    time.sleep(0.01)
+from cohere.cli import main
+main(["encoders", "add", modality, "--from", folder])
+"""
+
+
+def test_two_concurrent_adds_keep_both_entries(home, models, tmp_path):
+    folder, _ = models
+    script = tmp_path / "add.py"
+    script.write_text(CONCURRENT_ADD)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, str(script), m, str(folder), str(tmp_path / f"{m}.ready"),
+                               str(tmp_path / f"{o}.ready")], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+             for m, o in (("cna", "rppa"), ("rppa", "cna"))]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results
+    assert all(out.startswith("installed encoder") for out, _ in results)
+    assert [e["id"] for e in Store().entries("encoders")] == ["cna", "rppa"]
+    assert list(Store().encoders()) == ["cna", "rppa"] and leftovers(home) == []
+
+
+def test_a_store_locked_by_another_process_is_a_one_line_error(home, models, monkeypatch, capsys):
+    import cohere.store
+    from filelock import FileLock
+
+    folder, _ = models
+    monkeypatch.setattr(cohere.store, "LOCK_TIMEOUT", 0.2)
+    home.mkdir()
+    with FileLock(home / ".store.lock"):
+        code, _, err = run(["encoders", "add", "cna", "--from", str(folder)], capsys)
+    assert code == 1 and err.count("\n") == 1
+    assert "is busy: another cohere process has held" in err and "wait for it to finish and try again" in err
+    assert Store().entries("encoders") == []
