@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -66,3 +69,47 @@ def test_console_script_has_no_traceback(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 1
     assert proc.stderr.strip().startswith("error: ") and "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------- usage errors: click's message, exit 2
+
+
+def console_script() -> str:
+    """The installed ``cohere`` console script of this environment (not ``python -m``)."""
+    here = Path(sys.executable).with_name("cohere")
+    found = str(here) if here.is_file() else shutil.which("cohere")
+    if not found:
+        pytest.fail("the 'cohere' console script is not installed; pip install -e . first")
+    return found
+
+
+USAGE_ERRORS = [  # (arguments, the usage line's start, click's error line)
+    (["generate", "--target", "cna"], "Usage: cohere generate [OPTIONS]", "Error: Missing option '--cohort'."),
+    (["plugins", "--bogus"], "Usage: cohere plugins [OPTIONS]", "Error: No such option: --bogus"),
+    (["generate", "--target", "cna", "--cohort", ".", "--out", "o.csv", "--draws", "abc"],
+     "Usage: cohere generate [OPTIONS]", "Error: Invalid value for '--draws'"),
+    (["nosuch"], "Usage: cohere [OPTIONS] COMMAND [ARGS]...", "Error: No such command 'nosuch'."),
+    (["experts", "nosuch"], "Usage: cohere experts [OPTIONS] COMMAND [ARGS]...", "Error: No such command 'nosuch'."),
+    (["experts", "info"], "Usage: cohere experts info [OPTIONS]", "Error: Missing argument 'ID'."),
+]
+
+
+@pytest.mark.parametrize("args,usage,error", USAGE_ERRORS, ids=[" ".join(a) for a, _, _ in USAGE_ERRORS])
+def test_usage_errors_of_the_installed_console_script_are_short(tmp_path, args, usage, error):
+    proc = subprocess.run([console_script(), *args], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "COHERE_HOME": str(tmp_path / "home")})
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert lines[0].startswith(usage) and error in lines[-1] and len(lines) <= 5, proc.stderr
+
+
+def test_no_arguments_prints_the_help(tmp_path):
+    proc = subprocess.run([console_script()], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "cohere encoders train --all --cohort" in proc.stdout + proc.stderr
+
+
+def test_usage_errors_in_process_exit_2(capsys):
+    code, out, err = run(["generate", "--target", "cna"], capsys)
+    assert code == 2 and "Error: Missing option '--cohort'." in err
