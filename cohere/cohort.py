@@ -27,6 +27,7 @@ import pandas as pd
 
 from .atomic import writing
 from .errors import CohereError
+from .modalities import registry
 
 TABLE_SUFFIXES = (".parquet", ".csv", ".tsv")
 RESERVED = {"clinical", "split"}
@@ -264,8 +265,7 @@ class Cohort:
             raise CohereError(f"cohort folder {str(path)!r} does not exist; expected a folder "
                               "with one table per modality (e.g. cna.parquet, rnaseq.csv)")
         if known is None:
-            from .plugins import modality_names
-            known = modality_names()
+            known = registry.names()
         files: dict[str, Path] = {}
         for f in sorted(path.iterdir()):
             if f.suffix in TABLE_SUFFIXES and f.stem not in RESERVED and not f.name.startswith("."):

@@ -21,7 +21,7 @@ from torch import nn
 
 from .artifacts import load_artifact, render_card, save_artifact
 from .errors import CohereError
-from .modalities import Modality, Preprocessor
+from .modalities import Modality, Preprocessor, registry
 
 LATENT_DIM = 32
 
@@ -155,8 +155,7 @@ def load_encoder(folder: str | os.PathLike, modality: Modality | None = None) ->
     art = load_artifact(folder, kind="encoder")
     cfg = art.config
     if modality is None:
-        from .plugins import get_modality
-        modality = get_modality(cfg["modality"])
+        modality = registry.get(cfg["modality"])
     cls = {"autoencoder": AutoencoderEncoder, "pca": PCAEncoder}.get(cfg.get("encoder"))
     if cls is None:
         raise CohereError(f"{folder}: unknown encoder type {cfg.get('encoder')!r}")

@@ -5,8 +5,13 @@ encoders and experts. Installed plugins are the ``cohere`` entry points, filtere
 ``COHERE_LOAD_PLUGINS`` (read when plugins load, not at import): unset = every installed
 plugin, empty = none, ``a,b`` = only these distributions. A plugin that fails to load, or
 whose hook raises, is skipped with a one-line warning naming it; ``COHERE_STRICT_PLUGINS=1``
-makes that fatal. Two plugins registering one id is an error naming both. Registered items
-are sorted by id, so results never depend on load order.
+makes that fatal. "Fails" means any exception, ``SystemExit`` included (a plugin's
+``sys.exit()`` must not end the host); only ``KeyboardInterrupt`` goes through. A plugin's
+stdout (at import and in its hooks) goes to stderr, so it cannot corrupt ``--json`` output.
+A ``COHERE_LOAD_PLUGINS`` name that matches no installed distribution is warned about. Two
+plugins registering one id is an error naming both. Registered items are sorted by id, so
+results never depend on load order. The modalities fill ``cohere.modalities.registry``,
+where the lower layers (cohort, encoders) look them up.
 
     plugins.modalities()     {name: Modality}
     plugins.encoders()       {modality: artifact folder}
@@ -16,6 +21,7 @@ are sorted by id, so results never depend on load order.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
 import os
@@ -29,6 +35,7 @@ import pluggy
 
 from . import __version__, hookspecs, ids
 from .errors import CohereError
+from .modalities import registry
 
 DEFAULT_PLUGINS = ("cohere.modalities.builtin", "cohere.store")
 HOOKS = ("register_modalities", "register_encoders", "register_experts", "register_commands")
@@ -41,7 +48,7 @@ class PluginInfo:
     name: str  # distribution name (installed plugins) or module name (default plugins)
     version: str
     hooks: list[str] = field(default_factory=list)
-    default: bool = False
+    builtin: bool = False  # a default plugin: the built-in modalities, the store
     entry_point: str = ""  # "name = module" of an installed plugin
     error: str = ""  # why it was skipped
 
@@ -67,17 +74,57 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
+def _problem(error: str, warning: str) -> None:
+    """Fail with the one-line ``error`` if COHERE_STRICT_PLUGINS=1, else warn once on stderr."""
+    if _strict():
+        raise CohereError(error)
+    if warning not in _warned:
+        _warned.add(warning)
+        print(f"warning: {warning} (COHERE_STRICT_PLUGINS=1 makes this an error)", file=sys.stderr)
+
+
 def _broken(info: PluginInfo, what: str, e: BaseException) -> None:
     """Skip a broken plugin with a one-line warning, or fail in strict mode."""
-    msg = f"plugin {info.name!r} ({info.entry_point or info.name}) {what}: {_one_line(e)}"
-    if _strict():
-        raise CohereError(f"{msg}; fix or uninstall it, disable it with COHERE_LOAD_PLUGINS, or unset "
-                          "COHERE_STRICT_PLUGINS to skip it") from e
     info.error = info.error or f"{what}: {_one_line(e)}"
-    if msg in _warned:
-        return
-    _warned.add(msg)
-    print(f"warning: skipping {msg} (COHERE_STRICT_PLUGINS=1 makes this an error)", file=sys.stderr)
+    msg = f"plugin {info.name!r} ({info.entry_point or info.name}) {what}: {_one_line(e)}"
+    _problem(f"{msg}; fix or uninstall it, disable it with COHERE_LOAD_PLUGINS, or unset "
+             "COHERE_STRICT_PLUGINS to skip it", f"skipping {msg}")
+
+
+def _run_plugin(info: PluginInfo, what: str, fn, *args, **kwargs):
+    """Run a plugin's code (its import or a hook) with its stdout sent to stderr; its result.
+
+    Any failure, ``SystemExit`` included, skips the plugin with a warning and returns None
+    (an error in strict mode); only ``KeyboardInterrupt`` stops the host.
+    """
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            return fn(*args, **kwargs)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:  # deliberately broad: a plugin must never take the host down
+        _broken(info, what, e)
+        return None
+
+
+def _register(pm: pluggy.PluginManager, ep, key: str) -> None:
+    """Import an installed plugin and register it; a hook that does not exist (e.g. a typo)
+    or has a bad signature unregisters it again."""
+    pm.register(ep.load(), name=key)
+    try:
+        pm.check_pending()
+    except BaseException:
+        pm.unregister(name=key)
+        raise
+
+
+def _check_allowed(allow: set[str] | None, eps) -> None:
+    """Warn about COHERE_LOAD_PLUGINS names that match no installed plugin distribution."""
+    installed = sorted({_canonical(ep.dist.name if ep.dist else ep.name) for ep in eps})
+    for name in sorted((allow or set()) - set(installed)):
+        msg = (f"COHERE_LOAD_PLUGINS names {name!r}, which matches no installed distribution with "
+               f"cohere plugins (installed: {', '.join(installed) or 'none'})")
+        _problem(f"{msg}; correct the name, or unset COHERE_STRICT_PLUGINS to ignore it", msg)
 
 
 @lru_cache(maxsize=1)
@@ -89,11 +136,12 @@ def plugin_manager() -> pluggy.PluginManager:
     _warned.clear()
     for name in DEFAULT_PLUGINS:
         pm.register(importlib.import_module(name), name=name)
-        _plugins[name] = PluginInfo(name, __version__, default=True)
+        _plugins[name] = PluginInfo(name, __version__, builtin=True)
     wanted = os.environ.get("COHERE_LOAD_PLUGINS")
     allow = None if wanted is None else {_canonical(w.strip()) for w in wanted.split(",") if w.strip()}
     eps = sorted(importlib.metadata.entry_points(group="cohere"),
                  key=lambda ep: (ep.dist.name if ep.dist else "", ep.name))
+    _check_allowed(allow, eps)
     for ep in eps:
         dist = ep.dist.name if ep.dist else ep.name
         if allow is not None and _canonical(dist) not in allow:
@@ -101,16 +149,7 @@ def plugin_manager() -> pluggy.PluginManager:
         info = PluginInfo(dist, ep.dist.version if ep.dist else "", entry_point=f"{ep.name} = {ep.value}")
         key = ep.name if ep.name not in _plugins else f"{dist}:{ep.name}"
         _plugins[key] = info
-        try:
-            plugin = ep.load()
-            pm.register(plugin, name=key)
-            try:
-                pm.check_pending()  # a hook that does not exist (e.g. a typo) or a bad signature
-            except Exception:
-                pm.unregister(name=key)
-                raise
-        except Exception as e:  # one broken plugin must not brick the CLI
-            _broken(info, "failed to load", e)
+        _run_plugin(info, "failed to load", _register, pm, ep, key)
     for key, info in _plugins.items():
         plugin = pm.get_plugin(key)
         if plugin is not None:
@@ -126,24 +165,32 @@ def reset() -> None:
     _warned.clear()
 
 
-def plugin_info(include_default: bool = False) -> list[PluginInfo]:
-    """Loaded and skipped plugins, sorted by name (default plugins only if asked)."""
+def plugin_info() -> list[PluginInfo]:
+    """Loaded and skipped plugins: the built-in (default) ones first, then by name."""
     plugin_manager()
-    found = [i for i in _plugins.values() if include_default or not i.default]
-    return sorted(found, key=lambda i: (not i.default, i.name, i.entry_point))
+    return sorted(_plugins.values(), key=lambda i: (not i.builtin, i.name, i.entry_point))
+
+
+def _info(plugin_name: str) -> PluginInfo:
+    return _plugins.get(plugin_name) or PluginInfo(plugin_name, "")
 
 
 def register_commands(app) -> None:
-    """Let every plugin add commands to ``app``; a plugin whose hook raises is skipped."""
+    """Let every plugin add commands to ``app``; a plugin whose hook fails is skipped."""
     pm = plugin_manager()
     for impl in pm.hook.register_commands.get_hookimpls():
-        try:
-            impl.function(**{a: app for a in impl.argnames})
-        except Exception as e:
-            _broken(_plugins.get(impl.plugin_name, PluginInfo(impl.plugin_name, "")), "failed in register_commands", e)
+        _run_plugin(_info(impl.plugin_name), "failed in register_commands", impl.function,
+                    **{a: app for a in impl.argnames})
 
 
 # ---------------------------------------------------------------- registrations
+
+
+def _registrations(impl, check) -> list[tuple[str, object, str]]:
+    """Call one plugin's ``register_*`` hook; its registrations, validated by ``check``."""
+    calls: list[tuple] = []
+    impl.function(**{a: (lambda *args: calls.append(args)) for a in impl.argnames})
+    return [(*check(args, impl.plugin_name), impl.plugin_name) for args in calls]
 
 
 def _collect(hook: str, what: str, check) -> dict:
@@ -156,17 +203,7 @@ def _collect(hook: str, what: str, check) -> dict:
     pm = plugin_manager()
     registered: list[tuple[str, object, str]] = []
     for impl in sorted(getattr(pm.hook, hook).get_hookimpls(), key=lambda i: i.plugin_name):
-        plugin = impl.plugin_name
-        calls: list[tuple] = []
-
-        def register(*args, _calls=calls):
-            _calls.append(args)
-
-        try:
-            impl.function(**{a: register for a in impl.argnames})
-            registered += [(*check(args, plugin), plugin) for args in calls]
-        except Exception as e:
-            _broken(_plugins.get(plugin, PluginInfo(plugin, "")), f"failed in {hook}", e)
+        registered += _run_plugin(_info(impl.plugin_name), f"failed in {hook}", _registrations, impl, check) or []
     found: dict = {}
     for key, value, plugin in sorted(registered, key=lambda r: (r[0], r[2])):
         if key in found:
@@ -210,20 +247,17 @@ def _check_expert(args, plugin):
 
 @lru_cache(maxsize=1)
 def modalities() -> dict:
-    """Registered modalities by name, sorted."""
+    """Registered modalities by name, sorted: the loader of ``cohere.modalities.registry``."""
     return {k: v for k, (v, _) in _collect("register_modalities", "modality", _check_modality).items()}
 
 
 def modality_names() -> list[str]:
-    return list(modalities())
+    return registry.names()
 
 
 def get_modality(name: str):
-    found = modalities()
-    if name not in found:
-        raise CohereError(f"unknown modality {name!r}; known modalities: {', '.join(found)} "
-                          "(install a plugin that provides it; 'cohere plugins' lists them)")
-    return found[name]
+    """The registered modality ``name`` (an unknown name is an error listing the known ones)."""
+    return registry.get(name)
 
 
 def encoders() -> dict[str, Path]:

@@ -226,7 +226,7 @@ def site(tmp_path, monkeypatch):
     install(site, "cohere-broken", "cohere_broken", BROKEN, "0.0.1")
     monkeypatch.syspath_prepend(str(site))
     yield site
-    for m in ("cohere_good", "cohere_broken", "cohere_typo"):
+    for m in ("cohere_good", "cohere_broken", "cohere_typo", "cohere_exits", "cohere_prints"):
         sys.modules.pop(m, None)
 
 
@@ -238,10 +238,24 @@ def test_load_plugins_env_is_read_when_plugins_load(site, monkeypatch, capsys):
     assert "omega" not in plugins.modality_names()  # cached until reset(): read at load time
     plugins.reset()
     assert "omega" in plugins.modality_names()
-    monkeypatch.setenv("COHERE_LOAD_PLUGINS", "cohere_good, other")  # names are normalised
+    monkeypatch.setenv("COHERE_LOAD_PLUGINS", "cohere_good, Cohere.Good")  # names are normalised
     plugins.reset()
     assert "omega" in plugins.modality_names()
     assert capsys.readouterr().err == ""  # the broken one was not even tried
+
+
+def test_a_load_plugins_name_matching_no_distribution_is_warned_about(site, monkeypatch, capsys):
+    monkeypatch.setenv("COHERE_LOAD_PLUGINS", "cohere-good,nonexistent,cohere-gone")
+    plugins.reset()
+    assert "omega" in plugins.modality_names()  # the names that match still load
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("warning: COHERE_LOAD_PLUGINS names 'cohere-gone', which "
+                                                   "matches no installed distribution")
+    assert "'nonexistent'" in lines[1] and "(installed: cohere-broken, cohere-good" in lines[1]
+    monkeypatch.setenv("COHERE_STRICT_PLUGINS", "1")
+    plugins.reset()
+    with pytest.raises(CohereError, match=r"COHERE_LOAD_PLUGINS names 'cohere-gone'.*correct the name"):
+        plugins.modality_names()
 
 
 def test_broken_plugin_is_skipped_with_one_line_naming_it(site, monkeypatch, capsys):
@@ -268,13 +282,20 @@ def test_the_cli_survives_a_broken_plugin_and_lists_plugins(site, monkeypatch, c
     assert found["cohere-good"]["version"] == "1.2.3"
     assert found["cohere-good"]["hooks"] == ["register_commands", "register_modalities"]
     assert found["cohere-broken"]["hooks"] == [] and "ImportError" in found["cohere-broken"]["error"]
-    assert "cohere.store" not in found
     assert err.count("warning: skipping plugin 'cohere-broken'") == 1
-    code, out, _ = run(["plugins", "--all", "--json"], capsys)
-    names = [p["name"] for p in json.loads(out)]
-    assert names[:2] == ["cohere.modalities.builtin", "cohere.store"]
+    assert [p["name"] for p in json.loads(out)][:2] == ["cohere.modalities.builtin", "cohere.store"]
+    assert found["cohere.store"]["builtin"] and not found["cohere-good"]["builtin"]
     code, out, _ = run(["plugins"], capsys)
     assert "cohere-good 1.2.3  register_commands, register_modalities" in out and "SKIPPED" in out
+
+
+def test_plugins_lists_the_builtins_marked_as_built_in(capsys):
+    code, out, _ = run(["plugins"], capsys)
+    assert code == 0
+    assert out.splitlines() == [
+        "cohere.modalities.builtin 0.1.0  register_modalities  (built-in)",
+        "cohere.store 0.1.0  register_encoders, register_experts  (built-in)",
+        "no installed plugins (pip install a cohere plugin, e.g. plugins/cohere-mirna)"]
 
 
 def test_register_commands_adds_a_command(site, monkeypatch, capsys):
@@ -291,3 +312,119 @@ def test_a_hook_with_a_typo_is_a_broken_plugin(site, monkeypatch, capsys):
     assert plugins.modality_names() == ["cna", "rnaseq", "rppa", "wsi"]
     err = capsys.readouterr().err
     assert "skipping plugin 'cohere-typo'" in err and "register_modality" in err
+
+
+# ---------------------------------------------------------------- a plugin never takes the host down
+
+EXITS = """
+    import sys
+    from cohere.hookspecs import hookimpl
+    from cohere.modalities import Modality
+
+    class Psi(Modality):
+        name = "psi"
+        input_forms = {{"values": "plain values"}}
+
+    if {where!r} == "import":
+        sys.exit(3)
+
+    @hookimpl
+    def {hook}({arg}):
+        if {where!r} == "hook":
+            {fail}
+        {ok}
+"""
+
+HOOK_OK = {"register_modalities": "register(Psi())", "register_encoders": "register('psi', '/nowhere')",
+           "register_experts": "register('psi->cna', '/nowhere')", "register_commands": "pass"}
+FAILURES = {"sys.exit(3)": "SystemExit: 3", "raise SystemExit": "SystemExit", "raise ValueError('bad')": "ValueError: bad"}
+
+
+def _exiting_plugin(site, monkeypatch, where, hook="register_modalities", fail="sys.exit(3)"):
+    arg = "app" if hook == "register_commands" else "register"
+    install(site, "cohere-exits", "cohere_exits", EXITS.format(where=where, hook=hook, arg=arg, fail=fail,
+                                                               ok=HOOK_OK[hook]))
+    monkeypatch.setenv("COHERE_LOAD_PLUGINS", "cohere-exits")
+    plugins.reset()
+    sys.modules.pop("cohere_exits", None)
+
+
+@pytest.mark.parametrize("hook", sorted(HOOK_OK))
+@pytest.mark.parametrize("fail", sorted(FAILURES))
+def test_a_plugin_whose_hook_exits_or_raises_is_skipped_with_one_warning(site, monkeypatch, capsys, hook, fail):
+    _exiting_plugin(site, monkeypatch, "hook", hook, fail)
+    code, out, err = run(["plugins", "--json"], capsys)
+    assert code == 0
+    assert [p["name"] for p in json.loads(out)][-1] == "cohere-exits"
+    assert plugins.modality_names() == ["cna", "rnaseq", "rppa", "wsi"]
+    assert plugins.encoders() == {} and plugins.experts() == {}
+    err += capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line]
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"warning: skipping plugin 'cohere-exits' (exits = cohere_exits) failed in {hook}: "
+                               f"{FAILURES[fail]}")
+
+
+def test_a_plugin_that_exits_at_import_is_skipped_and_every_command_still_works(site, monkeypatch, capsys):
+    _exiting_plugin(site, monkeypatch, "import")
+    code, out, err = run(["plugins", "--json"], capsys)
+    assert code == 0
+    assert {p["name"]: p for p in json.loads(out)}["cohere-exits"]["error"] == "failed to load: SystemExit: 3"
+    assert err.splitlines() == ["warning: skipping plugin 'cohere-exits' (exits = cohere_exits) failed to load: "
+                                "SystemExit: 3 (COHERE_STRICT_PLUGINS=1 makes this an error)"]
+    code, out, _ = run(["--help"], capsys)
+    assert code == 0 and "generate" in out
+
+
+def test_keyboard_interrupt_in_a_plugin_still_stops_the_host(site, monkeypatch):
+    _exiting_plugin(site, monkeypatch, "hook", fail="raise KeyboardInterrupt")
+    with pytest.raises(KeyboardInterrupt):
+        plugins.modality_names()
+
+
+@pytest.mark.parametrize("where", ["import", "hook"])
+def test_a_broken_plugin_in_strict_mode_is_one_line_from_the_cli(site, monkeypatch, capsys, where):
+    _exiting_plugin(site, monkeypatch, where, "register_commands")
+    monkeypatch.setenv("COHERE_STRICT_PLUGINS", "1")
+    code, out, err = run(["plugins"], capsys)
+    what = "failed to load" if where == "import" else "failed in register_commands"
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and err.startswith(f"error: plugin 'cohere-exits' (exits = cohere_exits) {what}: "
+                                                    "SystemExit: 3; fix or uninstall it")
+
+
+PRINTS = """
+    print("at import")
+    from cohere.hookspecs import hookimpl
+    from cohere.modalities import Modality
+
+    class Psi(Modality):
+        name = "psi"
+        input_forms = {"values": "plain values"}
+
+    @hookimpl
+    def register_modalities(register):
+        print("in register_modalities")
+        register(Psi())
+
+    @hookimpl
+    def register_commands(app):
+        print("in register_commands")
+
+        @app.command("psi")
+        def psi():
+            print("the command's own output")
+"""
+
+
+def test_a_plugin_printing_to_stdout_does_not_corrupt_json(site, monkeypatch, capsys):
+    install(site, "cohere-prints", "cohere_prints", PRINTS)
+    monkeypatch.setenv("COHERE_LOAD_PLUGINS", "cohere-prints")
+    plugins.reset()
+    code, out, err = run(["plugins", "--json"], capsys)
+    assert code == 0 and [p["name"] for p in json.loads(out)][-1] == "cohere-prints"
+    assert "at import" in err and "in register_commands" in err
+    assert "psi" in plugins.modality_names()
+    assert "in register_modalities" in capsys.readouterr().err
+    code, out, _ = run(["psi"], capsys)  # the commands a plugin adds print to stdout as usual
+    assert code == 0 and out == "the command's own output\n"

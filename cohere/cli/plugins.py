@@ -9,26 +9,22 @@ import typer
 from .. import plugins as host
 
 
-def plugins(
-    json_: bool = typer.Option(False, "--json", help="Print JSON."),
-    all_: bool = typer.Option(False, "--all", help="Include the default plugins (built-ins and the store)."),
-):
-    """List installed plugins: name, version, hooks (skipped ones with the error).
+def plugins(json_: bool = typer.Option(False, "--json", help="Print JSON.")):
+    """List the plugins: the built-in ones (modalities, the store) and the installed ones,
+    with version and hooks (skipped ones with the error).
 
-    COHERE_LOAD_PLUGINS=a,b loads only these distributions (empty: none);
+    COHERE_LOAD_PLUGINS=a,b loads only these installed distributions (empty: none);
     COHERE_STRICT_PLUGINS=1 makes a plugin that fails to load an error.
     """
-    found = [p.to_dict() for p in host.plugin_info(include_default=all_)]
+    found = [p.to_dict() for p in host.plugin_info()]
     if json_:
         typer.echo(json.dumps(found, indent=2))
         return
-    if not found:
-        typer.echo("no plugins installed (pip install a cohere plugin, e.g. plugins/cohere-mirna; --all shows "
-                   "the built-in ones)")
-        return
     for p in found:
-        state = f"  SKIPPED: {p['error']}" if p.get("error") else ""
+        state = "  (built-in)" if p["builtin"] else f"  SKIPPED: {p['error']}" if p.get("error") else ""
         typer.echo(f"{p['name']} {p['version']}  {', '.join(p['hooks']) or '-'}{state}")
+    if not any(not p["builtin"] for p in found):
+        typer.echo("no installed plugins (pip install a cohere plugin, e.g. plugins/cohere-mirna)")
 
 
 def register(app: typer.Typer) -> None:
