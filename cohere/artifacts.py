@@ -21,9 +21,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save
 
 from . import __version__, ids
 from .atomic import writing
@@ -96,6 +94,9 @@ def save_artifact(folder: str | os.PathLike, config: dict, tensors: dict[str, to
     # the config exactly as it reads back from config.json (tuples -> lists, ...)
     config = json.loads(json.dumps(_sealed_part({**config, "cohere_version": __version__})))
     _check_ids(folder / CONFIG, config)  # nothing is saved that read_config would refuse
+    import torch  # here, not at import: the CLI starts without torch
+    from safetensors.torch import save
+
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()}
     # one metadata key only: safetensors writes metadata in hash-map order, so several keys
     # would make the bytes (and the digest) differ between two saves of the same artifact

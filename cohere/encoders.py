@@ -44,8 +44,9 @@ class Encoder:
 
     # -- fitting
 
-    def fit(self, df: pd.DataFrame, verbose: bool = False) -> "Encoder":
-        """Fit preprocessing and encoder on the training rows ``df`` only."""
+    def fit(self, df: pd.DataFrame, verbose: bool = False, progress=None) -> "Encoder":
+        """Fit preprocessing and encoder on the training rows ``df`` only; an autoencoder
+        calls ``progress(epoch, max_epochs)`` after every epoch."""
         form = self.modality.resolve_form(self.input_form)
         if len(df) < 20:
             raise CohereError(f"{self.modality.name}: {len(df)} training samples; at least 20 are "
@@ -56,7 +57,7 @@ class Encoder:
         if Z.shape[1] < self.latent_dim:
             raise CohereError(f"{self.modality.name}: {Z.shape[1]} features after preprocessing, "
                               f"fewer than the {self.latent_dim}-d latent")
-        self._fit_core(Z, verbose)
+        self._fit_core(Z, verbose, progress)
         H = self._encode_core(Z)
         # kept at float32 precision so a saved and reloaded encoder is bit-identical
         self.latent_mean_ = H.mean(0).astype(np.float32).astype(np.float64)
@@ -197,7 +198,7 @@ class PCAEncoder(Encoder):
     def _architecture(self) -> dict:
         return {}
 
-    def _fit_core(self, Z, verbose=False):
+    def _fit_core(self, Z, verbose=False, progress=None):
         mean = Z.mean(0)
         _, _, Vt = np.linalg.svd((Z - mean).astype(np.float64), full_matrices=False)
         self.components_ = Vt[: self.latent_dim].astype(np.float32)   # (k, d)
@@ -290,7 +291,7 @@ class AutoencoderEncoder(Encoder):
     def _architecture(self) -> dict:
         return {"hidden": list(self.hidden)}
 
-    def _fit_core(self, Z, verbose=False):
+    def _fit_core(self, Z, verbose=False, progress=None):
         torch.manual_seed(self.seed)
         rng = np.random.default_rng(self.seed)
         perm = rng.permutation(len(Z))
@@ -330,6 +331,8 @@ class AutoencoderEncoder(Encoder):
             self.history_.append(val)
             if verbose:
                 print(f"  epoch {epoch + 1}: val MSE {val:.4f}")
+            if progress is not None:
+                progress(epoch + 1, self.max_epochs)
             if val < best - 1e-5:
                 best, best_state, since = val, copy.deepcopy(self.net_.state_dict()), 0
             else:

@@ -27,7 +27,7 @@ from .cohort import Cohort
 from .encoders import Encoder, latent_columns, load_encoder
 from .errors import CohereError
 from .experts import Expert, MultiConditionModel, list_models, load_model
-from .modalities import Imputation
+from .modalities import Imputation, registry
 from .sampling import METHODS, Generation, generate
 
 WEIGHTINGS = ("inverse", "softmax", "uniform")
@@ -205,6 +205,7 @@ def generate_missing(
     if sampler not in METHODS:
         raise CohereError(f"unknown sampler {sampler!r}; expected one of {', '.join(METHODS)}")
     have = list(dict.fromkeys(have))
+    registry.get(target)  # an unknown modality is named as such, with the known ones
     if target in have:
         raise CohereError(f"--have includes the target {target!r}; condition on other modalities")
     if not have and not allow_unconditional:

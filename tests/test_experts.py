@@ -277,7 +277,7 @@ def test_cli_errors_are_one_line(tiny_cohort, tmp_path, capsys):
     assert code == 1 and "no encoders in" in err and "cohere encoders train --all" in err
     assert err.count("\n") == 1
     for args, msg in ((["rnaseq->cna"], "no 'rnaseq' in the cohort with an encoder"),
-                      ([], "give model ids"), (["cna->rppa", "--device", "tpu"], "expected cpu or cuda")):
+                      ([], "give model ids"), (["cna->rppa", "--device", "tpu"], "expected one of cpu, cuda")):
         assert cli(["experts", "train", *args, "--cohort", str(root / "cohort"), "--models", str(root / "models")]) != 0
         assert msg in capsys.readouterr().err
     if not torch.cuda.is_available():

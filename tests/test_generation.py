@@ -177,3 +177,10 @@ def test_imputed_features_are_said_and_recorded(world, tmp_path, capsys):
     n_rna = len(rnaseq.dropna(how="all"))
     assert code in (0, None) and f"note: rnaseq: 4 of the encoder's {len(feats)} features are absent from the " \
                                  f"table and were imputed for all {n_rna} samples" in err
+
+
+def test_an_unknown_target_is_named_as_an_unknown_modality(world):
+    cohort, _, models, _ = world
+    for target in ("foo", "RPPA"):
+        with pytest.raises(CohereError, match=rf"unknown modality '{target}'; known modalities: cna, rnaseq, rppa, wsi"):
+            generate_missing(cohort, target, ["rnaseq"], ModelSource.folder(models))

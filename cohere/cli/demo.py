@@ -5,31 +5,35 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import pandas as pd
 import typer
 
-from ..cohort import atomic_write_table
-from ..diffusion.train import TrainConfig
-from ..encoders import make_encoder
-from ..evaluation.metrics import r2
-from ..experts import Expert, MultiConditionModel, model_dir
-from ..generation import ModelSource, generate_missing
-from ..plugins import get_modality
-from ..simulate import simulate_cohort
+from ..modalities import registry
+from .common import check_paths, progress, write_tables
 
 # small and quick: the demo shows the whole job, not the best achievable numbers
 DEMO_RECIPE = dict(hidden=128, layers=3, time_dim=32, steps=1500, batch_size=128, eval_every=500,
                    ema_decay=0.99, val_steps=10)
+DEMO_ENCODER_EPOCHS = 60
 
 
 def demo(
     out: Path = typer.Option(Path("cohere-demo"), help="Folder for the simulated cohort, models and outputs."),
-    patients: int = typer.Option(2000, help="Simulated patients."),
+    patients: int = typer.Option(2000, min=100, help="Simulated patients."),
     seed: int = typer.Option(0, help="Random seed."),
-    draws: int = typer.Option(5, help="Draws per patient."),
+    draws: int = typer.Option(5, min=1, help="Draws per patient."),
 ):
     """Simulate a TCGA-like cohort with known structure, train encoders and experts, generate
     every missing modality of every patient, and score it against the simulated truth."""
+    import pandas as pd
+
+    from ..diffusion.train import TrainConfig
+    from ..encoders import make_encoder
+    from ..evaluation.metrics import r2
+    from ..experts import Expert, MultiConditionModel, model_dir
+    from ..generation import ModelSource, generate_missing
+    from ..simulate import simulate_cohort
+
+    check_paths(folders={"--out": out})
     t0 = time.perf_counter()
     cohort, truth = simulate_cohort(n_patients=patients, seed=seed)
     cohort.write(out / "cohort")
@@ -40,61 +44,81 @@ def demo(
     train = cohort.ids_in("train", seed)
 
     typer.echo("\n1. encoders (fit on the training patients)")
+    t1 = time.perf_counter()
     encoders, latents = {}, {}
     for m in cohort.modalities:
         table = cohort.tables[m]
-        mod = get_modality(m)
-        extra = {"max_epochs": 60} if mod.encoder == "autoencoder" else {}
+        mod = registry.get(m)
+        extra = {"max_epochs": DEMO_ENCODER_EPOCHS} if mod.encoder == "autoencoder" else {}
         enc = make_encoder(mod, cohort.input_forms.get(m), seed=seed, **extra)
-        enc.fit(table.loc[table.index.intersection(train)])
+        with progress(f"   {m} encoder, epochs", extra.get("max_epochs")) as update:
+            enc.fit(table.loc[table.index.intersection(train)], progress=lambda epoch, total: update(epoch))
         enc.save(models / "encoders" / m, training={"cohort": "simulated", "seed": seed})
         encoders[m] = enc
         latents[m] = enc.encode(table.loc[table.index.intersection(train)])
         typer.echo(f"   {m:7} {enc.kind:12} {len(enc.preprocessor_.features_):4d} features -> 32-d")
+    typer.echo(f"   {time.perf_counter() - t1:.0f} s")
 
     typer.echo("\n2. experts C->X for every pair, and one multi-condition model per target")
+    t2 = time.perf_counter()
     cfg = TrainConfig(seed=seed, **DEMO_RECIPE)
+    plan = [(s, t) for t in cohort.modalities for s in [*(m for m in cohort.modalities if m != t), "multi"]]
+    with progress(f"   {len(plan)} models, steps", len(plan) * cfg.steps) as update:
+        for i, (src, target) in enumerate(plan):
+            def report(step, total, hist, before=i * cfg.steps):
+                update(before + step)
+
+            if src == "multi":
+                y = latents[target]
+                srcs = {m: latents[m].reindex(y.index) for m in cohort.modalities if m != target}
+                model = MultiConditionModel.fit(target, y, srcs, encoders, cfg, progress=report)
+            else:
+                ids = latents[src].index.intersection(latents[target].index)
+                model = Expert.fit(src, target, latents[src].loc[ids], latents[target].loc[ids], encoders, cfg,
+                                   progress=report)
+            model.save(model_dir(models, model.id))
     for target in cohort.modalities:
-        for src in cohort.modalities:
-            if src == target:
-                continue
-            ids = latents[src].index.intersection(latents[target].index)
-            Expert.fit(src, target, latents[src].loc[ids], latents[target].loc[ids], encoders,
-                       cfg).save(model_dir(models, f"{src}->{target}"))
-        y = latents[target]
-        srcs = {m: latents[m].reindex(y.index) for m in cohort.modalities if m != target}
-        MultiConditionModel.fit(target, y, srcs, encoders, cfg).save(model_dir(models, f"multi->{target}"))
         typer.echo(f"   {target}: {len(cohort.modalities) - 1} experts + multi->{target}")
+    typer.echo(f"   {time.perf_counter() - t2:.0f} s")
 
     typer.echo("\n3. generate every missing modality (conditioned on all the patient has)")
+    t3 = time.perf_counter()
     source = ModelSource.folder(models)
-    rows = []
+    jobs = []  # (target, have, patients) for every pattern of what the patients missing target have
     for target in cohort.modalities:
         missing = presence.index[~presence[target]]
         patterns = presence.loc[missing].drop(columns=target)
-        generated = {"coherent": [], "multi": []}
         for pattern, group in patterns.groupby(list(patterns.columns)):
             have = [m for m, present in zip(patterns.columns, pattern) if present]
-            if not have:
-                continue
-            for method in generated:
-                res = generate_missing(cohort, target, have, source, method=method, patients=list(group.index),
+            if have:
+                jobs.append((target, have, list(group.index)))
+    methods = ("coherent", "multi")
+    generated = {(t, method): [] for t in cohort.modalities for method in methods}
+    with progress("   generation runs", len(jobs) * len(methods)) as update:
+        for i, (target, have, ids) in enumerate(jobs):
+            for j, method in enumerate(methods):
+                res = generate_missing(cohort, target, have, source, method=method, patients=ids,
                                        draws=draws, seed=seed)
-                generated[method].append(pd.DataFrame(res.mean, index=res.samples))
-        if not generated["coherent"]:
+                generated[target, method].append(pd.DataFrame(res.mean, index=res.samples))
+                update(i * len(methods) + j + 1)
+    rows, tables = [], {}
+    for target in cohort.modalities:
+        if not generated[target, "coherent"]:
             continue
         real = encoders[target].encode(truth.complete[target])
         row = {"modality": target, "patients": 0}
-        for method, parts in generated.items():
-            gen = pd.concat(parts).sort_index()
+        for method in methods:
+            gen = pd.concat(generated[target, method]).sort_index()
             row["patients"] = len(gen)
             row[method] = r2(real.loc[gen.index].to_numpy(), gen.to_numpy())
             row[f"{method}_features"] = encoders[target].feature_r2(truth.complete[target].loc[gen.index], gen)
             if method == "coherent":
                 decoded = encoders[target].decode(gen.to_numpy())
                 decoded.index = gen.index
-                atomic_write_table(decoded, out / "generated" / f"{target}.parquet")
+                tables[out / "generated" / f"{target}.parquet"] = decoded
         rows.append(row)
+    write_tables(tables)
+    typer.echo(f"   {time.perf_counter() - t3:.0f} s")
 
     typer.echo(f"\nR^2 against the simulated truth for the patients missing each modality (mean of "
                f"{draws} draws),\nin feature space (decoded) and on the 32 standardised latents:\n")
@@ -105,6 +129,9 @@ def demo(
     typer.echo(f"\ngenerated features (coherent) in {out / 'generated'}; models in {models}; "
                f"{time.perf_counter() - t0:.0f} s in all")
     typer.echo("cna is deliberately hard to predict in the simulation (as in the paper).")
+    typer.echo(f"\nnext: cohere experts list --models {models}\n"
+               f"      cohere generate --target rppa --have rnaseq --cohort {out / 'cohort'} --models {models} "
+               f"--out rppa.parquet")
 
 
 def register(app: typer.Typer) -> None:

@@ -5,15 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-import pandas as pd
 import typer
 
 from .. import ids
-from ..cohort import atomic_write_table
-from ..encoders import load_encoder, make_encoder
 from ..errors import CohereError
-from ..plugins import get_modality
-from .common import note_imputation, parse_forms, read_cohort, resolve_form
+from ..modalities import registry
+from .common import (check_choice, check_paths, note_imputation, parse_forms, progress, read_cohort, resolve_form,
+                     write_tables)
 
 
 def encoder_dir(models: Path, modality: str) -> Path:
@@ -27,27 +25,35 @@ def train(
     all_: bool = typer.Option(False, "--all", help="Train an encoder for every modality of the cohort."),
     input_form: list[str] = typer.Option(None, help="MODALITY=FORM, e.g. cna=absolute (repeatable)."),
     kind: Optional[str] = typer.Option(None, help="autoencoder or pca (default: the modality's)."),
-    max_epochs: int = typer.Option(200, help="Autoencoder epochs at most (early stopping on validation MSE)."),
+    max_epochs: int = typer.Option(200, min=1, help="Autoencoder epochs at most (early stopping on validation MSE)."),
     seed: int = typer.Option(0, help="Random seed."),
 ):
-    """Fit preprocessing + encoder on the training samples and save the artifact.
+    """Fit preprocessing + encoder on the training samples and save the artifacts (all of
+    them once every one is fitted: a failure writes nothing).
 
     Example: cohere encoders train --cohort data/ --modality cna --models models/
     """
+    from ..encoders import make_encoder
+
     if all_ == bool(modality):
         raise CohereError("give either --modality M (repeatable) or --all")
-    if kind not in (None, "autoencoder", "pca"):
-        raise CohereError(f"--kind {kind!r}: expected autoencoder or pca")
-    c = read_cohort(cohort, None if all_ else list(modality), parse_forms(input_form))
+    check_choice("--kind", kind, ("autoencoder", "pca"))
+    forms = parse_forms(input_form)
+    check_paths(cohort=cohort, folders={"--models": models})
+    c = read_cohort(cohort, None if all_ else list(modality), forms)
+    chosen = {m: resolve_form(c, m) for m in c.modalities}  # every form checked before any fitting
     train_ids, val_ids = c.ids_in("train", seed), c.ids_in("val", seed)
-    for m in c.modalities:
+    fitted = []
+    for m, form in chosen.items():
         table = c.tables[m]
         tr = table.loc[table.index.intersection(train_ids)]
         va = table.loc[table.index.intersection(val_ids)]
-        form = resolve_form(c, m)
-        extra = {"max_epochs": max_epochs} if (kind or get_modality(m).encoder) == "autoencoder" else {}
-        typer.echo(f"{m}: fitting {kind or get_modality(m).encoder} on {len(tr)} training samples ...")
-        enc = make_encoder(get_modality(m), form, kind, seed=seed, **extra).fit(tr)
+        mod = registry.get(m)
+        extra = {"max_epochs": max_epochs} if (kind or mod.encoder) == "autoencoder" else {}
+        typer.echo(f"{m}: fitting {kind or mod.encoder} on {len(tr)} training samples ...")
+        enc = make_encoder(mod, form, kind, seed=seed, **extra)
+        with progress(f"{m}: epochs", extra.get("max_epochs")) as update:
+            enc.fit(tr, progress=lambda epoch, total: update(epoch))
         metrics = {"train_r2": round(enc.reconstruction_r2(tr), 4)}
         if len(va):
             metrics["val_r2"] = round(enc.reconstruction_r2(va), 4)
@@ -57,6 +63,8 @@ def train(
                                    f"validation on {len(va)} held-out samples."}
         if hasattr(enc, "epochs_"):
             training["epochs"] = enc.epochs_
+        fitted.append((m, enc, metrics, training))
+    for m, enc, metrics, training in fitted:
         digest = enc.save(encoder_dir(models, m), metrics, training)
         typer.echo(f"{m}: saved {encoder_dir(models, m)}  digest {digest[:12]}  "
                    + "  ".join(f"{k}={v}" for k, v in metrics.items()))
@@ -73,6 +81,11 @@ def encode(
     Columns are <modality>.z00 ... <modality>.z31; NaN where a sample lacks the modality.
     Example: cohere encode --models models/ --cohort data/ --out latents.parquet
     """
+    import pandas as pd
+
+    from ..encoders import load_encoder
+
+    check_paths(cohort=cohort, tables={"--out": out})
     found = sorted(p.name for p in (models / "encoders").glob("*") if (p / "config.json").exists())
     if not found:
         raise CohereError(f"no encoders in {models / 'encoders'}; train them first with "
@@ -91,7 +104,7 @@ def encode(
         typer.echo(f"{m}: encoded {len(z)} samples with encoder {enc.digest[:12]}", err=True)
         note_imputation(enc.imputation_)
     table = pd.concat(parts, axis=1).reindex(c.samples())
-    atomic_write_table(table, out)
+    write_tables({out: table})
     typer.echo(f"wrote {out} ({table.shape[0]} samples x {table.shape[1]} latent columns)")
 
 

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from ..errors import CohereError
+from .common import check_choice, check_modalities, check_paths, read_cohort, write_tables
 
 COHORT = typer.Option(..., help="Cohort folder (training split for the models; val split = test patients).")
 MODELS = typer.Option(..., help="Models folder with encoders/ and experts/ (6 experts + multi models).")
@@ -17,10 +18,19 @@ MODS = typer.Option("cna,rnaseq,rppa", help="Modalities, comma-separated.")
 SEED = typer.Option(0, help="Random seed.")
 
 
-def _data(cohort: Path, models: Path, test_cohort: Optional[Path], modalities: str, seed: int, max_test=None):
+def _count(default: int, help: str):
+    """A count option (runs, draws, trees...): at least 1."""
+    return typer.Option(default, min=1, help=help)
+
+
+def _data(out: Path, cohort: Path, models: Path, test_cohort: Optional[Path], modalities: str, seed: int,
+          max_test=None):
+    """Check every path before any work, then load the evaluation data."""
     from ..evaluation.experiments import EvalData
 
+    check_paths(cohort=cohort, inputs={"--models": models, "--test-cohort": test_cohort}, folders={"--out": out})
     mods = [m.strip() for m in modalities.split(",") if m.strip()]
+    check_modalities(modalities=mods)
     if not (models / "encoders").is_dir():
         raise CohereError(f"no encoders in {models / 'encoders'}; train them with 'cohere encoders train' "
                           "or run scripts/reproduce_paper.py")
@@ -36,14 +46,14 @@ def _run(out: Path, data, plan, only: str) -> None:
 
 
 def reconstruction(cohort: Path = COHORT, models: Path = MODELS, out: Path = OUT, test_cohort: Optional[Path] = TEST,
-                   modalities: str = MODS, draws: int = typer.Option(10, help="Generation runs (draws per patient)."),
+                   modalities: str = MODS, draws: int = _count(10, "Generation runs (draws per patient)."),
                    iterative: bool = typer.Option(True, help="Include the iterative (MICE) baseline."),
                    seed: int = SEED):
     """R^2 (single draw, K-draw mean, calibrated line), output variance and energy score of every
     target x conditioning set x {expert, multi, coherent} and the point-imputation baselines."""
     from ..evaluation.pipeline import Plan
 
-    _run(out, _data(cohort, models, test_cohort, modalities, seed), Plan(draws=draws, iterative=iterative, seed=seed),
+    _run(out, _data(out, cohort, models, test_cohort, modalities, seed), Plan(draws=draws, iterative=iterative, seed=seed),
          "reconstruction")
 
 
@@ -53,28 +63,29 @@ def manifold(cohort: Path = COHORT, models: Path = MODELS, out: Path = OUT, test
     """Real vs multi vs coherent patients (all modalities concatenated), one map fitted on real."""
     from ..evaluation.pipeline import Plan
 
-    _run(out, _data(cohort, models, test_cohort, modalities, seed), Plan(draws=2, reducer=reducer, seed=seed),
+    check_choice("--reducer", reducer, ("umap", "pca", "auto"))
+    _run(out, _data(out, cohort, models, test_cohort, modalities, seed), Plan(draws=2, reducer=reducer, seed=seed),
          "manifold")
 
 
 def privacy(cohort: Path = COHORT, models: Path = MODELS, out: Path = OUT, test_cohort: Optional[Path] = TEST,
-            modalities: str = MODS, runs: int = typer.Option(10, help="Generation runs."),
-            reference: int = typer.Option(2000, help="Training patients per modality used as the reference."),
+            modalities: str = MODS, runs: int = _count(10, "Generation runs."),
+            reference: int = _count(2000, "Training patients per modality used as the reference."),
             seed: int = SEED):
     """Unconditional generation vs the training set: precision/recall F1, energy distance, DCR."""
     from ..evaluation.pipeline import Plan
 
-    _run(out, _data(cohort, models, test_cohort, modalities, seed),
+    _run(out, _data(out, cohort, models, test_cohort, modalities, seed),
          Plan(privacy_runs=runs, privacy_reference=reference, seed=seed), "privacy")
 
 
 def signal(cohort: Path = COHORT, models: Path = MODELS, out: Path = OUT, test_cohort: Optional[Path] = TEST,
-           modalities: str = MODS, runs: int = typer.Option(10, help="Generation runs."),
-           trees: int = typer.Option(500, help="Trees per random forest."), seed: int = SEED):
+           modalities: str = MODS, runs: int = _count(10, "Generation runs."),
+           trees: int = _count(500, "Trees per random forest."), seed: int = SEED):
     """Cancer type and stage classifiers trained on real latents, tested on real vs generated."""
     from ..evaluation.pipeline import Plan
 
-    _run(out, _data(cohort, models, test_cohort, modalities, seed),
+    _run(out, _data(out, cohort, models, test_cohort, modalities, seed),
          Plan(draws=runs, signal_trees=trees, seed=seed), "signal")
 
 
@@ -85,27 +96,27 @@ def _forests(trees: int, rsf_trees: int, seed: int):
 
 
 def downstream(cohort: Path = COHORT, models: Path = MODELS, out: Path = OUT, test_cohort: Optional[Path] = TEST,
-               modalities: str = MODS, runs: int = typer.Option(10, help="Generation runs."),
-               trees: int = typer.Option(500, help="Trees of the stage classifier."),
-               rsf_trees: int = typer.Option(100, help="Trees of the random survival forest."), seed: int = SEED):
+               modalities: str = MODS, runs: int = _count(10, "Generation runs."),
+               trees: int = _count(500, "Trees of the stage classifier."),
+               rsf_trees: int = _count(100, "Trees of the random survival forest."), seed: int = SEED):
     """Stage F1 and survival C-index with modalities removed, generated or imputed (Table 2)."""
     from ..evaluation.pipeline import Plan
 
-    _run(out, _data(cohort, models, test_cohort, modalities, seed),
+    _run(out, _data(out, cohort, models, test_cohort, modalities, seed),
          Plan(draws=runs, forests=_forests(trees, rsf_trees, seed), seed=seed), "downstream")
 
 
 def counterfactual(cohort: Path = COHORT, models: Path = MODELS, out: Path = OUT, test_cohort: Optional[Path] = TEST,
                    modalities: str = MODS, modality: str = typer.Option("rnaseq", help="The costly modality."),
-                   repeats: int = typer.Option(10, help="Repeats with new generation seeds."),
-                   orders: int = typer.Option(30, help="Random orders averaged."),
-                   draws: int = typer.Option(10, help="Generated versions per patient (K)."),
-                   trees: int = typer.Option(500, help="Trees of the stage classifier."),
-                   rsf_trees: int = typer.Option(100, help="Trees of the random survival forest."), seed: int = SEED):
+                   repeats: int = _count(10, "Repeats with new generation seeds."),
+                   orders: int = _count(30, "Random orders averaged."),
+                   draws: int = _count(10, "Generated versions per patient (K)."),
+                   trees: int = _count(500, "Trees of the stage classifier."),
+                   rsf_trees: int = _count(100, "Trees of the random survival forest."), seed: int = SEED):
     """Informed vs random acquisition order of a costly modality: F1 / C-index curves and AUCs."""
     from ..evaluation.pipeline import Plan
 
-    _run(out, _data(cohort, models, test_cohort, modalities, seed),
+    _run(out, _data(out, cohort, models, test_cohort, modalities, seed),
          Plan(draws=draws, cf_modality=modality, cf_repeats=repeats, cf_orders=orders,
               forests=_forests(trees, rsf_trees, seed), seed=seed), "counterfactual")
 
@@ -116,9 +127,9 @@ def prioritize(
     models: Path = typer.Option(..., help="Models folder with encoders/ and experts/."),
     task: str = typer.Option("stage", help="stage (classifier disagreement) or survival (risk change)."),
     modalities: str = MODS,
-    draws: int = typer.Option(10, help="Generated versions per patient (K)."),
-    trees: int = typer.Option(200, help="Trees of the stage classifier."),
-    rsf_trees: int = typer.Option(50, help="Trees of the random survival forest."),
+    draws: int = _count(10, "Generated versions per patient (K)."),
+    trees: int = _count(200, "Trees of the stage classifier."),
+    rsf_trees: int = _count(50, "Trees of the random survival forest."),
     top: int = typer.Option(20, help="Rows to print (0 = all)."),
     out: Optional[Path] = typer.Option(None, help="Also write the full ranking (.csv, .tsv or .parquet)."),
     seed: int = SEED,
@@ -128,17 +139,18 @@ def prioritize(
 
     Example: cohere prioritize --modality rnaseq --cohort data/ --models models/
     """
-    from ..cohort import atomic_write_table
     from ..evaluation.experiments import prioritize as rank
     from ..generation import ModelSource
-    from .common import read_cohort
 
+    check_choice("--task", task, ("stage", "survival"))
+    check_paths(cohort=cohort, inputs={"--models": models}, tables={"--out": out})
     mods = [m.strip() for m in modalities.split(",") if m.strip()]
+    check_modalities(modality=modality, modalities=mods)
     c = read_cohort(cohort, mods)
     table = rank(c, ModelSource.folder(models), modality, task=task, draws=draws,
                  settings=_forests(trees, rsf_trees, seed), seed=seed, modalities=mods)
     if out:
-        atomic_write_table(table.set_index("sample"), out)
+        write_tables({out: table.set_index("sample")})
     shown = table if top <= 0 else table.head(top)
     typer.echo(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     typer.echo(f"{len(table)} patients lack {modality}; ranked by {task} counterfactual score"

@@ -8,26 +8,16 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import pandas as pd
 import typer
 
-from ..diffusion.train import TrainConfig
-from ..encoders import load_encoder
 from ..errors import CohereError
-from ..experts import Expert, MultiConditionModel, list_models, load_model, model_dir, parse_id
-from .common import note_imputation, read_cohort
+from .common import check_device, check_paths, note_imputation, progress, read_cohort
 from .encoders import encoder_dir
 
-
-def _device(device: str) -> str:
-    import torch
-
-    if device not in ("cpu", "cuda"):
-        raise CohereError(f"--device {device!r}: expected cpu or cuda")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise CohereError("--device cuda: no CUDA GPU is available here (torch.cuda.is_available() is "
-                          "False); use --device cpu")
-    return device
+# the training recipe's defaults (cohere.diffusion.train.TrainConfig), shown in --help without
+# importing it (and torch) to build the app; tests/test_cli.py checks that they agree
+SHOWN_RECIPE = {"steps": 20000, "batch_size": 256, "lr": 0.006, "hidden": 256, "layers": 4}
+MIN_PAIRED = 20  # training samples with both modalities that an expert needs at least
 
 
 def _plan(ids: list[str], all_: bool, modalities: list[str]) -> list[tuple[str, str]]:
@@ -39,6 +29,8 @@ def _plan(ids: list[str], all_: bool, modalities: list[str]) -> list[tuple[str, 
             raise CohereError(f"--all needs at least two modalities with encoders; found {', '.join(modalities) or 'none'}")
         pairs = [(s, t) for t in modalities for s in modalities if s != t]
         return pairs + [("multi", t) for t in modalities]
+    from ..experts import parse_id
+
     plan = []
     for i in ids:
         s, t = parse_id(i)
@@ -59,13 +51,13 @@ def train(
     all_: bool = typer.Option(False, "--all", help="Every ordered pair of modalities with encoders + one multi model per target."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     seed: int = typer.Option(0, help="Random seed (weights, batches, validation rows)."),
-    steps: Optional[int] = typer.Option(None, help=f"Optimizer steps per model (default {TrainConfig.steps})."),
-    batch_size: Optional[int] = typer.Option(None, help=f"Batch size (default {TrainConfig.batch_size})."),
-    lr: Optional[float] = typer.Option(None, help=f"Peak learning rate (default {TrainConfig.lr})."),
-    hidden: Optional[int] = typer.Option(None, help=f"Hidden width (default {TrainConfig.hidden})."),
-    layers: Optional[int] = typer.Option(None, help=f"Hidden layers (default {TrainConfig.layers})."),
+    steps: Optional[int] = typer.Option(None, help=f"Optimizer steps per model (default {SHOWN_RECIPE['steps']})."),
+    batch_size: Optional[int] = typer.Option(None, help=f"Batch size (default {SHOWN_RECIPE['batch_size']})."),
+    lr: Optional[float] = typer.Option(None, help=f"Peak learning rate (default {SHOWN_RECIPE['lr']})."),
+    hidden: Optional[int] = typer.Option(None, help=f"Hidden width (default {SHOWN_RECIPE['hidden']})."),
+    layers: Optional[int] = typer.Option(None, help=f"Hidden layers (default {SHOWN_RECIPE['layers']})."),
     select: Optional[str] = typer.Option(None, help="Checkpoint criterion: energy (default) or mse (the paper's)."),
-    search: int = typer.Option(0, help="Random search over the paper's grid: N configurations per model (0 = off)."),
+    search: int = typer.Option(0, min=0, help="Random search over the paper's grid: N configurations per model (0 = off)."),
 ):
     """Train diffusion experts on the training split's latents and save them as artifacts.
 
@@ -73,9 +65,12 @@ def train(
       cohere experts train rnaseq->cna --cohort data/ --models models/
       cohere experts train --all --cohort data/ --models models/
     """
-    dev = _device(device)
-    if search < 0:
-        raise CohereError(f"--search must be >= 0, got {search}")
+    from ..diffusion.train import TrainConfig
+    from ..encoders import load_encoder
+    from ..experts import Expert, MultiConditionModel, model_dir
+
+    dev = check_device(device)
+    check_paths(cohort=cohort, folders={"--models": models})
     overrides = {k: v for k, v in dict(steps=steps, batch_size=batch_size, lr=lr, hidden=hidden, layers=layers,
                                        select=select).items() if v is not None}
     config = dataclasses.replace(TrainConfig(seed=seed, device=dev), **overrides)
@@ -101,19 +96,21 @@ def train(
         latents[m] = enc.encode_cohort(c, c.tables[m].index.intersection(train_ids))
         typer.echo(f"{m}: {len(latents[m])} training samples encoded with encoder {enc.digest[:12]}", err=True)
         note_imputation(enc.imputation_)
+    for s, t in plan:  # every expert's pair checked before any training
+        both = latents[t].index.intersection(latents[s].index) if s != "multi" else None
+        if both is not None and len(both) < MIN_PAIRED:
+            raise CohereError(f"{s}->{t}: only {len(both)} training samples have both {s} and {t}; "
+                              f"at least {MIN_PAIRED} are needed")
 
     name = c.path.name if c.path else ""
     t_all = time.perf_counter()
+    trained = []
     for i, (s, t) in enumerate(plan, 1):
         model_id = f"{s}->{t}"
         info = {"cohort": name, "seed": seed}
-        with typer.progressbar(length=config.steps, label=f"[{i}/{len(plan)}] {model_id}", show_eta=True,
-                               show_percent=True, file=None) as bar:
-            done = [0]
-
-            def progress(step, total, hist, bar=bar, done=done):
-                bar.update(step - done[0])
-                done[0] = step
+        with progress(f"[{i}/{len(plan)}] {model_id}", config.steps) as update:
+            def report(step, total, hist, update=update):
+                update(step)
 
             if s == "multi":
                 sources = [m for m in modalities if m != t]
@@ -122,22 +119,19 @@ def train(
                 info["description"] = (f"{len(target)} training samples of cohort '{name}' with {t}; "
                                        f"sources {', '.join(sources)} with their real missingness.")
                 model = MultiConditionModel.fit(t, target, src, encoders, config, search=search,
-                                                progress=progress, training=info)
+                                                progress=report, training=info)
             else:
                 both = latents[s].index.intersection(latents[t].index)
-                if len(both) < 20:
-                    raise CohereError(f"{model_id}: only {len(both)} training samples have both {s} and {t}; "
-                                      "at least 20 are needed")
                 info["description"] = f"{len(both)} training samples of cohort '{name}' with both {s} and {t}."
                 model = Expert.fit(s, t, latents[s].loc[both], latents[t].loc[both], encoders, config,
-                                   search=search, progress=progress, training=info)
-            bar.update(config.steps - done[0])
-        folder = model_dir(models, model_id)
-        digest = model.save(folder)
+                                   search=search, progress=report, training=info)
         mt = model.metrics
-        typer.echo(f"{model_id}: saved {folder}  digest {digest[:12]}  val_loss={mt['val_loss']:.4f}  "
-                   f"val_r2={mt['val_r2']:.4f}  n_train={model.training['n_train']}  "
-                   f"{model.training['seconds']:.0f}s")
+        typer.echo(f"{model_id}: trained  val_loss={mt['val_loss']:.4f}  val_r2={mt['val_r2']:.4f}  "
+                   f"n_train={model.training['n_train']}  {model.training['seconds']:.0f}s")
+        trained.append(model)
+    for model in trained:  # saved once every model is trained: a failure writes nothing
+        folder = model_dir(models, model.id)
+        typer.echo(f"{model.id}: saved {folder}  digest {model.save(folder)[:12]}")
     typer.echo(f"trained {len(plan)} model(s) in {time.perf_counter() - t_all:.0f}s")
 
 
@@ -146,6 +140,10 @@ def list_(
     json_: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
     """List the experts and multi-condition models of a models folder with their metrics."""
+    import pandas as pd
+
+    from ..experts import list_models, load_model
+
     rows = []
     for folder in list_models(models):
         m = load_model(folder)

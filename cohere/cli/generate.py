@@ -8,11 +8,13 @@ from typing import Optional
 
 import typer
 
-from ..cohort import atomic_write_table
 from ..errors import CohereError
-from ..generation import (DEFAULT_ETA, DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_WEIGHTING, ModelSource,
-                          generate_missing)
-from .common import note_imputation, read_cohort
+from .common import (check_choice, check_device, check_modalities, check_paths, note_imputation, progress,
+                     read_cohort, write_tables)
+
+# the library's defaults (cohere.generation.DEFAULT_*), shown in --help without importing it
+# (and torch) to build the app; tests/test_cli.py checks that they agree
+SHOWN_DEFAULTS = {"sampler": "ddim", "steps": 20, "eta": 1.0, "weighting": "inverse"}
 
 
 def _split(value: Optional[str]) -> list[str]:
@@ -26,52 +28,67 @@ def generate(
     out: Path = typer.Option(..., help="Output table: .parquet, .csv or .tsv (written atomically)."),
     models: Optional[Path] = typer.Option(None, help="Models folder (default: the installed store)."),
     method: str = typer.Option("coherent", help="coherent (ensemble of experts) or multi (masked multi-condition model)."),
-    draws: int = typer.Option(1, help="Draws per patient (K)."),
-    steps: int = typer.Option(DEFAULT_STEPS, help="Reverse steps for ddim / dpmpp2m (ddpm runs all T)."),
-    sampler: str = typer.Option(DEFAULT_SAMPLER, help="ddim, dpmpp2m, or ddpm (the paper's T = 1000 steps)."),
-    eta: float = typer.Option(DEFAULT_ETA, help="DDIM eta: 0 deterministic, 1 ancestral."),
+    draws: int = typer.Option(1, min=1, help="Draws per patient (K)."),
+    steps: Optional[int] = typer.Option(None, min=1, show_default=str(SHOWN_DEFAULTS["steps"]),
+                                        help="Reverse steps for ddim / dpmpp2m (ddpm runs all T)."),
+    sampler: Optional[str] = typer.Option(None, show_default=SHOWN_DEFAULTS["sampler"],
+                                          help="ddim, dpmpp2m, or ddpm (the paper's T = 1000 steps)."),
+    eta: Optional[float] = typer.Option(None, min=0.0, show_default=str(SHOWN_DEFAULTS["eta"]),
+                                        help="DDIM eta: 0 deterministic, 1 ancestral."),
     seed: int = typer.Option(0, help="Random seed; the same seed gives identical output."),
     patients: Optional[str] = typer.Option(None, help="Only these sample ids (comma-separated)."),
     experts: Optional[str] = typer.Option(None, help="Explicit expert ids, e.g. rnaseq->cna,rppa->cna."),
-    weighting: str = typer.Option(DEFAULT_WEIGHTING, help="Consensus weights: inverse, softmax or uniform (of validation loss)."),
+    weighting: Optional[str] = typer.Option(None, show_default=SHOWN_DEFAULTS["weighting"],
+                                            help="Consensus weights: inverse, softmax or uniform (of validation loss)."),
     weights: Optional[str] = typer.Option(None, help='Explicit weights as JSON, e.g. \'{"rnaseq->cna": 2, "rppa->cna": 1}\'.'),
-    threshold: float = typer.Option(1.0, help="Coherence threshold (weighted mean pairwise cosine distance)."),
-    fraction: float = typer.Option(0.10, help="Reject a trajectory incoherent on more than this fraction of steps."),
-    attempts: int = typer.Option(10, help="Trajectories per draw at most (rejected ones are regenerated)."),
+    threshold: float = typer.Option(1.0, min=0.0, help="Coherence threshold (weighted mean pairwise cosine distance)."),
+    fraction: float = typer.Option(0.10, min=0.0, max=1.0, help="Reject a trajectory incoherent on more than this fraction of steps."),
+    attempts: int = typer.Option(10, min=1, help="Trajectories per draw at most (rejected ones are regenerated)."),
     decode: bool = typer.Option(False, help="Write decoded features instead of latents."),
     aggregate: bool = typer.Option(False, help="Write one row per patient: the mean of the draws."),
     diagnostics: Optional[Path] = typer.Option(None, help="Also write per-patient diagnostics (acceptance, attempts, variance)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     allow_unconditional: bool = typer.Option(False, help="Allow generation without any condition (privacy risk)."),
-    n_samples: Optional[int] = typer.Option(None, help="Rows to generate unconditionally."),
+    n_samples: Optional[int] = typer.Option(None, min=1, help="Rows to generate unconditionally."),
 ):
     """Generate a missing modality for every patient that has the --have modalities.
 
     Example: cohere generate --target cna --have rnaseq,rppa --cohort data/ --models models/ --out cna.parquet
     """
-    import torch
+    from ..generation import WEIGHTINGS, ModelSource, generate_missing
+    from ..sampling import METHODS
 
-    if device == "cuda" and not torch.cuda.is_available():
-        raise CohereError("--device cuda: no CUDA GPU is available; use --device cpu")
+    # every option and path is checked before any work starts: nothing is read, run or written first
+    have_list = _split(have)
+    check_modalities(target=target, have=have_list)
+    check_choice("--method", method, ("coherent", "multi"))
+    check_choice("--sampler", sampler, METHODS)
+    check_choice("--weighting", weighting, WEIGHTINGS)
+    check_device(device)
     try:
         explicit = json.loads(weights) if weights else None
     except json.JSONDecodeError as e:
-        raise CohereError(f"--weights: not valid JSON ({e}); expected e.g. '{{\"rnaseq->cna\": 1}}'") from None
-    have_list = _split(have)
+        explicit = e
+    if explicit is not None and not isinstance(explicit, dict):
+        raise CohereError(f"--weights {weights!r}: expected a JSON object of expert ids and weights, "
+                          "e.g. '{\"rnaseq->cna\": 2, \"rppa->cna\": 1}'")
+    check_paths(cohort=cohort, inputs={"--models": models}, tables={"--out": out, "--diagnostics": diagnostics})
+
     c = read_cohort(cohort, [*have_list] or None)
     source = ModelSource.folder(models) if models else ModelSource.store()
-    result = generate_missing(
-        c, target, have_list, source, method=method, patients=_split(patients) or None, draws=draws,
-        sampler=sampler, steps=steps, eta=eta, seed=seed, weighting=weighting, weights=explicit,
-        experts=_split(experts) or None, threshold=threshold, fraction=fraction, attempts=attempts,
-        device=device, allow_unconditional=allow_unconditional, n_unconditional=n_samples)
+    defaults = {k: v for k, v in dict(sampler=sampler, steps=steps, eta=eta, weighting=weighting).items()
+                if v is not None}  # the others: the library's defaults
+    with progress(f"generating {target} ({method})"):
+        result = generate_missing(
+            c, target, have_list, source, method=method, patients=_split(patients) or None, draws=draws,
+            seed=seed, weights=explicit, experts=_split(experts) or None, threshold=threshold,
+            fraction=fraction, attempts=attempts, device=device, allow_unconditional=allow_unconditional,
+            n_unconditional=n_samples, **defaults)
     for record in result.imputation.values():
         note_imputation(record)
     table = result.to_frame(decode=decode, aggregate=aggregate)
-    atomic_write_table(table.set_index("sample"), out)
     diag = result.diagnostics()
-    if diagnostics:
-        atomic_write_table(diag, diagnostics)
+    write_tables({out: table.set_index("sample")} | ({diagnostics: diag} if diagnostics else {}))
     typer.echo(f"generated {target} for {len(result.samples)} patients x {draws} draws with "
                f"{method} ({', '.join(f'{m} w={w:.2f}' for m, w in zip(result.models, result.weights))}); "
                f"accepted {diag['accepted'].mean():.1%}, mean attempts {diag['attempts'].mean():.2f} -> {out}")

@@ -106,7 +106,8 @@ def make_commands(group: str, folder_list=None) -> dict:
             return
         if not rows:
             typer.echo(f"no {group} installed in {store.home}; install one with 'cohere {group} add {what} "
-                       f"--from ORG/NAME' (or from a models folder)")
+                       f"--from ORG/NAME' (or --from a models folder), or list a models folder (e.g. the "
+                       f"demo's cohere-demo/models) with 'cohere {group} list --models DIR'")
             return
         for r in rows:
             r["origin"] = r["repo"] + "@" + r["sha"][:12] if r["origin"] == "hub" else r["path"]

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
-import torch
 
 from ..errors import CohereError
+
+if TYPE_CHECKING:  # pandas and torch are imported where used: plugins load without them
+    import pandas as pd
+    import torch
 
 
 class Modality:
@@ -151,6 +154,8 @@ class Preprocessor:
         state = {"center": center, "mean": mean, "std": std, "median": median}
         if m.imputer == "knn":
             state["prototypes"] = self._prototypes(np.where(np.isnan(Z), median, Z))
+        import torch
+
         self.state_ = {k: torch.as_tensor(np.asarray(v), dtype=torch.float32) for k, v in state.items()}
         return self
 
@@ -193,6 +198,8 @@ class Preprocessor:
             raise CohereError(f"{m.name}: the table lacks {len(absent)} of the encoder's "
                               f"{len(self.features_)} features (e.g. {absent[0]!r}); expected the "
                               "features the encoder was trained on")
+        import pandas as pd
+
         X = df.to_numpy(np.float64)
         m.check(X, self.form)
         Xt = pd.DataFrame(m.transform(X, self.form), index=df.index, columns=df.columns)
@@ -226,6 +233,8 @@ class Preprocessor:
 
     def inverse_transform(self, Z: np.ndarray, index=None) -> pd.DataFrame:
         """Standardised features back to the modelled scale (see ``Modality.output_units``)."""
+        import pandas as pd
+
         s = {k: v.double().numpy() for k, v in self.state_.items()}
         X = np.asarray(Z, np.float64) * s["std"] + s["mean"] + s["center"]
         return pd.DataFrame(X.astype(np.float32), index=index, columns=self.features_)
