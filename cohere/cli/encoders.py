@@ -33,13 +33,13 @@ def train(
 
     Example: cohere encoders train --cohort data/ --modality cna --models models/
     """
-    from ..encoders import make_encoder
-
     if all_ == bool(modality):
         raise CohereError("give either --modality M (repeatable) or --all")
     check_choice("--kind", kind, ("autoencoder", "pca"))
     forms = parse_forms(input_form)
     check_paths(cohort=cohort, folders={"--models": models})
+    from ..encoders import make_encoder
+
     c = read_cohort(cohort, None if all_ else list(modality), forms)
     chosen = {m: resolve_form(c, m) for m in c.modalities}  # every form checked before any fitting
     train_ids, val_ids = c.ids_in("train", seed), c.ids_in("val", seed)
@@ -81,11 +81,11 @@ def encode(
     Columns are <modality>.z00 ... <modality>.z31; NaN where a sample lacks the modality.
     Example: cohere encode --models models/ --cohort data/ --out latents.parquet
     """
+    check_paths(cohort=cohort, tables={"--out": out})
     import pandas as pd
 
     from ..encoders import load_encoder
 
-    check_paths(cohort=cohort, tables={"--out": out})
     found = sorted(p.name for p in (models / "encoders").glob("*") if (p / "config.json").exists())
     if not found:
         raise CohereError(f"no encoders in {models / 'encoders'}; train them first with "

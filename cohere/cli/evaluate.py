@@ -26,11 +26,11 @@ def _count(default: int, help: str):
 def _data(out: Path, cohort: Path, models: Path, test_cohort: Optional[Path], modalities: str, seed: int,
           max_test=None):
     """Check every path before any work, then load the evaluation data."""
-    from ..evaluation.experiments import EvalData
-
     check_paths(cohort=cohort, inputs={"--models": models, "--test-cohort": test_cohort}, folders={"--out": out})
     mods = [m.strip() for m in modalities.split(",") if m.strip()]
     check_modalities(modalities=mods)
+    from ..evaluation.experiments import EvalData
+
     if not (models / "encoders").is_dir():
         raise CohereError(f"no encoders in {models / 'encoders'}; train them with 'cohere encoders train' "
                           "or run scripts/reproduce_paper.py")
@@ -139,13 +139,13 @@ def prioritize(
 
     Example: cohere prioritize --modality rnaseq --cohort data/ --models models/
     """
-    from ..evaluation.experiments import prioritize as rank
-    from ..generation import ModelSource
-
     check_choice("--task", task, ("stage", "survival"))
     check_paths(cohort=cohort, inputs={"--models": models}, tables={"--out": out})
     mods = [m.strip() for m in modalities.split(",") if m.strip()]
     check_modalities(modality=modality, modalities=mods)
+    from ..evaluation.experiments import prioritize as rank
+    from ..generation import ModelSource
+
     c = read_cohort(cohort, mods)
     table = rank(c, ModelSource.folder(models), modality, task=task, draws=draws,
                  settings=_forests(trees, rsf_trees, seed), seed=seed, modalities=mods)

@@ -65,12 +65,12 @@ def train(
       cohere experts train rnaseq->cna --cohort data/ --models models/
       cohere experts train --all --cohort data/ --models models/
     """
+    dev = check_device(device)
+    check_paths(cohort=cohort, folders={"--models": models})
     from ..diffusion.train import TrainConfig
     from ..encoders import load_encoder
     from ..experts import Expert, MultiConditionModel, model_dir
 
-    dev = check_device(device)
-    check_paths(cohort=cohort, folders={"--models": models})
     overrides = {k: v for k, v in dict(steps=steps, batch_size=batch_size, lr=lr, hidden=hidden, layers=layers,
                                        select=select).items() if v is not None}
     config = dataclasses.replace(TrainConfig(seed=seed, device=dev), **overrides)

@@ -55,16 +55,12 @@ def generate(
 
     Example: cohere generate --target cna --have rnaseq,rppa --cohort data/ --models models/ --out cna.parquet
     """
-    from ..generation import WEIGHTINGS, ModelSource, generate_missing
-    from ..sampling import METHODS
-
-    # every option and path is checked before any work starts: nothing is read, run or written first
+    # every option and path is checked before any work starts: nothing is read, run or written
+    # first, and what needs no torch is checked before torch is imported (seconds)
     have_list = _split(have)
+    check_paths(cohort=cohort, inputs={"--models": models}, tables={"--out": out, "--diagnostics": diagnostics})
     check_modalities(target=target, have=have_list)
     check_choice("--method", method, ("coherent", "multi"))
-    check_choice("--sampler", sampler, METHODS)
-    check_choice("--weighting", weighting, WEIGHTINGS)
-    check_device(device)
     try:
         explicit = json.loads(weights) if weights else None
     except json.JSONDecodeError as e:
@@ -72,7 +68,12 @@ def generate(
     if explicit is not None and not isinstance(explicit, dict):
         raise CohereError(f"--weights {weights!r}: expected a JSON object of expert ids and weights, "
                           "e.g. '{\"rnaseq->cna\": 2, \"rppa->cna\": 1}'")
-    check_paths(cohort=cohort, inputs={"--models": models}, tables={"--out": out, "--diagnostics": diagnostics})
+    from ..generation import WEIGHTINGS, ModelSource, generate_missing
+    from ..sampling import METHODS
+
+    check_choice("--sampler", sampler, METHODS)
+    check_choice("--weighting", weighting, WEIGHTINGS)
+    check_device(device)
 
     c = read_cohort(cohort, [*have_list] or None)
     source = ModelSource.folder(models) if models else ModelSource.store()
