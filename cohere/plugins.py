@@ -6,7 +6,7 @@ encoders and experts. Installed plugins are the ``cohere`` entry points, filtere
 plugin, empty = none, ``a,b`` = only these distributions. A plugin that fails to load, or
 whose hook raises, is skipped with a one-line warning naming it; ``COHERE_STRICT_PLUGINS=1``
 makes that fatal. "Fails" means any exception, ``SystemExit`` included (a plugin's
-``sys.exit()`` must not end the host); only ``KeyboardInterrupt`` goes through. A plugin's
+``sys.exit()`` must not end the host); only Ctrl-C and SIGTERM go through. A plugin's
 stdout (at import and in its hooks) goes to stderr, so it cannot corrupt ``--json`` output.
 A ``COHERE_LOAD_PLUGINS`` name that matches no installed distribution is warned about. Two
 plugins registering one id is an error naming both. Registered items are sorted by id, so
@@ -34,7 +34,7 @@ from pathlib import Path
 import pluggy
 
 from . import __version__, hookspecs, ids
-from .errors import CohereError
+from .errors import CohereError, Interrupted
 from .modalities import registry
 
 DEFAULT_PLUGINS = ("cohere.modalities.builtin", "cohere.store")
@@ -95,12 +95,12 @@ def _run_plugin(info: PluginInfo, what: str, fn, *args, **kwargs):
     """Run a plugin's code (its import or a hook) with its stdout sent to stderr; its result.
 
     Any failure, ``SystemExit`` included, skips the plugin with a warning and returns None
-    (an error in strict mode); only ``KeyboardInterrupt`` stops the host.
+    (an error in strict mode); only Ctrl-C and SIGTERM (``Interrupted``) stop the host.
     """
     try:
         with contextlib.redirect_stdout(sys.stderr):
             return fn(*args, **kwargs)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted):
         raise
     except BaseException as e:  # deliberately broad: a plugin must never take the host down
         _broken(info, what, e)

@@ -8,6 +8,8 @@ style of simonw/llm's tests. Installed plugins are simulated with a throw-away
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import textwrap
 
@@ -380,6 +382,14 @@ def test_keyboard_interrupt_in_a_plugin_still_stops_the_host(site, monkeypatch):
     _exiting_plugin(site, monkeypatch, "hook", fail="raise KeyboardInterrupt")
     with pytest.raises(KeyboardInterrupt):
         plugins.modality_names()
+
+
+def test_sigterm_while_a_plugin_loads_still_stops_the_cli(site, monkeypatch):
+    """The CLI turns SIGTERM into an exit (code 143); a plugin's own sys.exit() is caught, that is not."""
+    install(site, "cohere-slow", "cohere_slow", "import os, signal\nos.kill(os.getpid(), signal.SIGTERM)\n")
+    env = {**os.environ, "COHERE_LOAD_PLUGINS": "cohere-slow", "PYTHONPATH": str(site)}
+    proc = subprocess.run([sys.executable, "-m", "cohere", "plugins"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 143 and proc.stdout == "" and "skipping plugin" not in proc.stderr
 
 
 @pytest.mark.parametrize("where", ["import", "hook"])

@@ -13,7 +13,7 @@ import threading
 
 import typer
 
-from ..errors import CohereError
+from ..errors import CohereError, Interrupted
 
 HELP = """Generate a patient's missing data modality from the modalities they have.
 
@@ -45,7 +45,11 @@ def exit_on_sigterm() -> None:
     """Let SIGTERM (``timeout``, a job scheduler) end a command the way Ctrl-C does: ``finally``
     blocks run, so an interrupted atomic write leaves no temporary file. Exit code 143."""
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+        signal.signal(signal.SIGTERM, _interrupted)
+
+
+def _interrupted(signum, frame):
+    raise Interrupted(128 + signum)
 
 
 def click_exceptions() -> tuple[type[Exception], ...]:
