@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from cohere.cohort import Cohort
-from cohere.diffusion.train import TrainConfig, energy_score, r2_score
+from cohere.diffusion.train import TrainConfig
+from cohere.scores import energy_score, r2 as r2_score
 from cohere.encoders import load_encoder
 from cohere.experts import Expert, MultiConditionModel, parse_id
 
@@ -56,7 +57,7 @@ def evaluate(model, latents, draws, steps, seed):
     t0 = time.perf_counter()
     x = model.sample(conds, n_draws=draws, steps=steps, seed=seed)  # (K, n, d)
     return {"r2_single": float(np.mean([r2_score(y, d) for d in x])), "r2_mean": r2_score(y, x.mean(0)),
-            "energy": energy_score(torch.tensor(y), torch.tensor(x)),
+            "energy": energy_score(y, x),
             "var_pct": float(100 * x.var(0).mean() / y.var(0).mean()), "sample_s": time.perf_counter() - t0}
 
 

@@ -51,7 +51,12 @@ class DenoiserConfig:
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
     """Sinusoidal embedding of (possibly fractional) timesteps, as in DDPM / the Transformer:
     [sin(t w_0..w_{dim/2-1}), cos(t w_0..w_{dim/2-1})] with w_j = max_period^(-j/(dim/2)).
-    t: (n,) -> (n, dim), float32."""
+    t: (n,) -> (n, dim), float32.
+
+    The authors' code (r-marchesi/coherent-genAI) uses w_j = max_period^(-j/(dim/2 - 1)), so
+    the first layer sees other frequencies and weights cannot be moved between the two
+    codebases (each trains and samples consistently with its own). cohere keeps the DDPM /
+    diffusers convention; it is part of the saved format."""
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)  # (half,)
     args = t.float()[:, None] * freqs[None]  # (n, half)
