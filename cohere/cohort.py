@@ -16,6 +16,8 @@ was expected and how to fix it.
 
 from __future__ import annotations
 
+import contextlib
+
 import csv
 import json
 import os
@@ -378,6 +380,49 @@ def stratified_split(cohort: Cohort, val_fraction: float = 0.05, test_fraction: 
     return labels
 
 
+class TableStream:
+    """Rows appended in blocks to one Parquet/CSV/TSV file: ``write(df)`` per block, every block
+    with the same columns and index name (from :func:`stream_table`)."""
+
+    def __init__(self, path: Path, suffix: str):
+        self.path, self.suffix, self.rows = path, suffix, 0
+        self._parquet = None
+
+    def write(self, df: pd.DataFrame) -> None:
+        if self.suffix == ".parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            table = pa.Table.from_pandas(df, preserve_index=True)
+            if self._parquet is None:
+                self._parquet = pq.ParquetWriter(self.path, table.schema)
+            self._parquet.write_table(table)
+        else:
+            df.to_csv(self.path, sep="\t" if self.suffix == ".tsv" else ",", mode="a", header=self.rows == 0)
+        self.rows += len(df)
+
+    def close(self) -> None:
+        if self._parquet is not None:
+            self._parquet.close()
+            self._parquet = None
+
+
+@contextlib.contextmanager
+def stream_table(out: str | os.PathLike):
+    """Write a table block by block, atomically: the blocks go to a temporary sibling that
+    replaces ``out`` only when the ``with`` block ends without an error (memory stays bounded
+    by one block, whatever the table's size)."""
+    out = Path(out)
+    if out.suffix not in TABLE_SUFFIXES:
+        raise CohereError(f"output {out.name!r}: expected a .parquet, .csv or .tsv file name")
+    with writing(out) as tmp:
+        stream = TableStream(tmp, out.suffix)
+        try:
+            yield stream
+        finally:
+            stream.close()
+
+
 def atomic_write_table(df: pd.DataFrame, out: str | os.PathLike) -> Path:
     """Write ``df`` to Parquet/CSV/TSV (by extension) atomically: nothing half-written, no
     temporary file left behind on failure, the permissions of a normal write."""
@@ -385,8 +430,13 @@ def atomic_write_table(df: pd.DataFrame, out: str | os.PathLike) -> Path:
     if out.suffix not in TABLE_SUFFIXES:
         raise CohereError(f"output {out.name!r}: expected a .parquet, .csv or .tsv file name")
     with writing(out) as tmp:
-        if out.suffix == ".parquet":
-            df.to_parquet(tmp)
-        else:
-            df.to_csv(tmp, sep="\t" if out.suffix == ".tsv" else ",")
+        write_table_as(df, tmp, out.suffix)
     return out
+
+
+def write_table_as(df: pd.DataFrame, path: Path, suffix: str) -> None:
+    """Write ``df`` to ``path`` in the format of a table ``suffix`` (.parquet, .csv, .tsv)."""
+    if suffix == ".parquet":
+        df.to_parquet(path)
+    else:
+        df.to_csv(path, sep="\t" if suffix == ".tsv" else ",")

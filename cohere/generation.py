@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,10 +29,15 @@ from .encoders import Encoder, latent_columns, load_encoder
 from .errors import CohereError
 from .experts import Expert, MultiConditionModel, list_models, load_model
 from .modalities import Imputation, registry
-from .sampling import METHODS, Generation, generate
+from .sampling import CONSENSUS, METHODS, VARIANCES, Generation, generate
 
 WEIGHTINGS = ("inverse", "softmax", "uniform")
 DEFAULT_WEIGHTING = "inverse"
+DEFAULT_CONSENSUS = "product"
+DEFAULT_VARIANCE = "analytic"
+# the paper's exact method (its code, r-marchesi/coherent-genAI, trajectory by trajectory):
+# DDPM over all T steps, softmax(1 / validation loss) weights, their weighted average, no x0 clamp
+PAPER_MODE = {"sampler": "ddpm", "weighting": "softmax", "consensus": "average", "variance": "fixed", "clip": False}
 DEFAULT_SAMPLER = "ddim"
 DEFAULT_STEPS = 20
 DEFAULT_ETA = 1.0
@@ -107,6 +113,62 @@ def consensus_weights(experts: list[Expert], weighting: str = DEFAULT_WEIGHTING,
     return list(w / w.sum())
 
 
+def product_weights(experts: list[Expert], explicit: dict[str, float] | None = None) -> list[float]:
+    """The product consensus's weights, from each expert's measured informativeness: g_i, how
+    much its condition improves the energy score of its held-out rows over its own
+    unconditional branch, relative to the most informative expert's, w_i = g_i / max_j g_j.
+
+    With w_i = 1 the product is exact when the conditions are independent given the target.
+    They are not, here: on a development split of the TCGA training patients, the exact
+    product lost to its stronger expert alone in two of three targets, because a weakly
+    informative expert adds mostly its estimation noise (and information the stronger one
+    already carries, such as the cancer type). The measured weights kept the strongest expert
+    at 1, gave 0.2-0.55 to the weaker one, and beat the better single expert in every target.
+    ``explicit`` {expert id: weight >= 0} is used as given (not normalised)."""
+    if explicit is None:
+        gains = [e.informativeness for e in experts]
+        if len(experts) == 1 or any(g is None for g in gains) or max(gains) <= 0:
+            return [1.0] * len(experts)  # nothing measured to tell them apart: the plain product
+        top = max(gains)
+        return [max(g, 0.0) / top for g in gains]
+    missing = [e.id for e in experts if e.id not in explicit]
+    if missing:
+        raise CohereError(f"explicit weights lack expert {missing[0]!r}; give one per expert")
+    w = [float(explicit[e.id]) for e in experts]
+    if any(not np.isfinite(x) or x < 0 for x in w) or sum(w) <= 0:
+        raise CohereError("explicit weights must be finite, >= 0 and not all zero")
+    return w
+
+
+@dataclass
+class Consensus:
+    """The members of Coherent Denoising for one batch of patients (see :func:`expert_consensus`)."""
+
+    members: list  # one Member per expert with a positive weight
+    prior: list  # the experts' unconditional members (eps_u), for the product consensus
+    models: list[str]  # their ids
+    weights: list[float]
+    schedule: object
+    bounds: tuple  # the x_0 clamp: the widest training range of the target among the experts
+
+
+def expert_consensus(experts: list[Expert], conds: dict, consensus: str = DEFAULT_CONSENSUS,
+                     weighting: str = DEFAULT_WEIGHTING, weights: dict[str, float] | None = None,
+                     device: str = "cpu") -> Consensus:
+    """Experts ``source->X`` as consensus members for the rows of ``conds`` {source: (n, c)
+    latents}: weights by :func:`product_weights` ("product") or :func:`consensus_weights`
+    ("average"), experts of weight 0 left out, and the unconditional members the product needs."""
+    w = product_weights(experts, weights) if consensus == "product" else consensus_weights(experts, weighting, weights)
+    keep = [(e, wi) for e, wi in zip(experts, w) if wi > 0]   # a zero weight has no effect
+    members = [e.to(device).member({e.source: torch.as_tensor(conds[e.source])}, weight=wi) for e, wi in keep]
+    n = len(members[0].conds[0])
+    # eps_u: the experts' unconditional predictions, averaged (unused by "average")
+    prior = [e.prior_member(n) for e, _ in keep] if consensus == "product" and len(keep) > 1 else []
+    bounds = (torch.stack([e.x0_bounds[0] for e, _ in keep]).amin(0),
+              torch.stack([e.x0_bounds[1] for e, _ in keep]).amax(0))
+    return Consensus(members, prior, [e.id for e, _ in keep], [wi for _, wi in keep], keep[0][0].schedule, bounds)
+
+
 # ---------------------------------------------------------------- the result
 
 
@@ -139,51 +201,149 @@ class GenerationResult:
     def diagnostics(self) -> pd.DataFrame:
         """Per sample: draws accepted, mean attempts, mean incoherent-step fraction, variance,
         and per condition ``<m>_imputed``, the fraction of its encoder's features imputed."""
-        g = self.generation
-        return pd.DataFrame({
-            "accepted": g.accepted.float().mean(0).cpu().numpy(),
-            "attempts": g.attempts.float().mean(0).cpu().numpy(),
-            "bad_step_fraction": g.bad_fraction.mean(0).cpu().numpy(),
-            "latent_variance": self.variance.mean(1),
-            **{f"{m}_imputed": r.fraction_per_sample.reindex(self.samples).to_numpy()
-               for m, r in self.imputation.items()},
-        }, index=self.samples)
+        acc = Accumulator(len(self.samples), self.draws.shape[2])
+        acc.add(np.arange(len(self.samples)), self.generation)
+        return acc.diagnostics(self.samples, self.imputation)
 
     def to_frame(self, decode: bool = False, aggregate: bool = False) -> pd.DataFrame:
         """One row per (sample, draw) — or per sample with ``aggregate`` (the mean of the
         draws) — with latent columns ``<target>.zNN`` or, with ``decode``, the target's features."""
-        K, n, d = self.draws.shape
-        values = self.mean[None] if aggregate else self.draws                     # (K', n, d)
-        flat = values.reshape(-1, d)
-        if decode:
-            table = self.target_encoder.decode(flat)
-        else:
-            table = pd.DataFrame(flat, columns=[f"{self.target}.{c}" for c in latent_columns(d)])
-        k = values.shape[0]
-        table.insert(0, "sample", np.tile(self.samples.to_numpy(), k))
-        if not aggregate:
-            table.insert(1, "draw", np.repeat(np.arange(k), n))
-        diag = self.diagnostics()
-        for col in ("accepted", "latent_variance") if aggregate else ():
-            table[col] = diag[col].to_numpy()
-        return table
+        if aggregate:
+            return aggregate_frame(self.target, self.target_encoder, self.samples, self.mean, self.diagnostics(),
+                                   decode)
+        K = self.draws.shape[0]
+        return draws_frame(self.target, self.target_encoder, self.samples.to_numpy(), self.draws, np.arange(K),
+                           decode)
+
+
+def draws_frame(target: str, encoder: Encoder, samples: np.ndarray, values: np.ndarray, draw_ids: np.ndarray,
+                decode: bool) -> pd.DataFrame:
+    """Rows (sample, draw) for ``values`` (k, r, d), the draws ``draw_ids`` (k,) of the
+    patients ``samples`` (r,): latent columns, or the decoded features with ``decode``."""
+    k, r, d = values.shape
+    flat = values.reshape(-1, d)
+    table = encoder.decode(flat) if decode else pd.DataFrame(flat, columns=[f"{target}.{c}" for c in latent_columns(d)])
+    table.insert(0, "sample", np.tile(samples, k))
+    table.insert(1, "draw", np.repeat(np.asarray(draw_ids), r))
+    return table
+
+
+def aggregate_frame(target: str, encoder: Encoder, samples: pd.Index, mean: np.ndarray, diagnostics: pd.DataFrame,
+                    decode: bool) -> pd.DataFrame:
+    """One row per patient: the mean of its draws (latents, or decoded), its acceptance and
+    latent variance."""
+    d = mean.shape[1]
+    table = encoder.decode(mean) if decode else pd.DataFrame(mean, columns=[f"{target}.{c}" for c in latent_columns(d)])
+    table.insert(0, "sample", samples.to_numpy())
+    for col in ("accepted", "latent_variance"):
+        table[col] = diagnostics[col].to_numpy()
+    return table
+
+
+class Accumulator:
+    """Per-patient running sums over the draws of a chunked generation (float64): the mean and
+    variance of the latents and the rejection diagnostics, in memory of size patients x d."""
+
+    def __init__(self, n: int, d: int):
+        self.count = np.zeros(n)
+        self.total, self.squares = np.zeros((n, d)), np.zeros((n, d))
+        self.accepted, self.attempts, self.bad = np.zeros(n), np.zeros(n), np.zeros(n)
+
+    def add(self, rows: np.ndarray, gen: Generation) -> None:
+        x = gen.draws.cpu().double().numpy()  # (k, r, d)
+        self.count[rows] += x.shape[0]
+        self.total[rows] += x.sum(0)
+        self.squares[rows] += (x ** 2).sum(0)
+        self.accepted[rows] += gen.accepted.float().sum(0).cpu().numpy()
+        self.attempts[rows] += gen.attempts.float().sum(0).cpu().numpy()
+        self.bad[rows] += gen.bad_fraction.sum(0).cpu().numpy()
+
+    @property
+    def mean(self) -> np.ndarray:  # (n, d)
+        return self.total / self.count[:, None]
+
+    @property
+    def variance(self) -> np.ndarray:  # (n, d) across draws (ddof 0)
+        return np.maximum(self.squares / self.count[:, None] - self.mean ** 2, 0.0)
+
+    def diagnostics(self, samples: pd.Index, imputation: dict) -> pd.DataFrame:
+        return pd.DataFrame({
+            "accepted": self.accepted / self.count, "attempts": self.attempts / self.count,
+            "bad_step_fraction": self.bad / self.count, "latent_variance": self.variance.mean(1),
+            **{f"{m}_imputed": r.fraction_per_sample.reindex(samples).to_numpy() for m, r in imputation.items()},
+        }, index=samples)
 
 
 # ---------------------------------------------------------------- the job
 
+# rows (patients x draws) of one batch of the reverse loop: memory stays bounded (about 100 MB
+# of activations for the default networks) whatever the cohort size and the number of draws
+MAX_BATCH_ROWS = 32_768
+# generate_missing keeps every draw in memory; beyond this it refuses (stream instead)
+MAX_RESULT_BYTES = 2 * 1024**3
 
-def generate_missing(
+
+@dataclass
+class GenerationJob:
+    """A validated generation, ready to run: the encoded conditions of ``samples`` as consensus
+    members (one row per patient), the models, weights and sampler settings. :meth:`chunks`
+    runs it in batches of bounded size; :func:`generate_missing` collects them."""
+
+    target: str
+    samples: pd.Index
+    method: str
+    models: list[str]
+    weights: list[float]
+    target_encoder: Encoder
+    members: list
+    prior: list
+    schedule: object
+    options: dict  # keyword arguments of cohere.sampling.generate
+    settings: dict = field(default_factory=dict)
+    imputation: dict[str, Imputation] = field(default_factory=dict)
+
+    def batches(self, draws: int) -> list[tuple[int, int, np.ndarray]]:
+        """(first draw, number of draws, patient indices) of each batch, at most
+        ``MAX_BATCH_ROWS`` rows each: whole draws of every patient when they fit, else blocks of
+        patients one draw at a time. The layout depends only on the cohort size and ``draws``."""
+        n = len(self.samples)
+        if n <= MAX_BATCH_ROWS:
+            per = max(1, MAX_BATCH_ROWS // n)
+            return [(k, min(per, draws - k), np.arange(n)) for k in range(0, draws, per)]
+        blocks = [np.arange(i, min(i + MAX_BATCH_ROWS, n)) for i in range(0, n, MAX_BATCH_ROWS)]
+        return [(k, 1, rows) for k in range(draws) for rows in blocks]
+
+    def chunks(self, draws: int, seed: int = 0) -> Iterator[tuple[int, np.ndarray, Generation]]:
+        """Yield (first draw, patient indices, :class:`~cohere.sampling.Generation` of their
+        draws) batch by batch. Batch b is seeded with ``seed`` (b = 0) or a seed derived from
+        (``seed``, b), so the same seed gives the same draws, and a run that fits one batch is
+        exactly one call of :func:`cohere.sampling.generate`."""
+        if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
+            raise CohereError(f"draws must be a positive int, got {draws!r}")
+        for b, (first, count, rows) in enumerate(self.batches(draws)):
+            index = torch.from_numpy(rows)
+            whole = len(rows) == len(self.samples)
+            members = self.members if whole else [m.take(index) for m in self.members]
+            prior = self.prior if whole else [m.take(index) for m in self.prior]
+            batch_seed = seed if b == 0 else int(np.random.SeedSequence([seed, b]).generate_state(1)[0])
+            yield first, rows, generate(members, self.schedule, len(rows), draws=count, seed=batch_seed,
+                                        prior=prior, **self.options)
+
+    def result_bytes(self, draws: int) -> int:
+        """Memory that keeping every draw takes: draws x patients x latent dimensions (float32)."""
+        return draws * len(self.samples) * int(self.target_encoder.latent_dim) * 4
+
+
+def prepare_generation(
     cohort: Cohort,
     target: str,
     have: list[str],
     source: ModelSource,
     method: str = "coherent",
     patients: list[str] | None = None,
-    draws: int = 1,
     sampler: str = DEFAULT_SAMPLER,
     steps: int | None = DEFAULT_STEPS,
     eta: float = DEFAULT_ETA,
-    seed: int = 0,
     weighting: str = DEFAULT_WEIGHTING,
     weights: dict[str, float] | None = None,
     experts: list[str] | None = None,
@@ -194,12 +354,16 @@ def generate_missing(
     allow_unconditional: bool = False,
     n_unconditional: int | None = None,
     clip: bool = True,
-) -> GenerationResult:
-    """Generate ``target`` for every patient that has all of ``have`` (or ``patients``).
-
-    ``clip`` clamps the x_0 estimate at every step to the target's training range recorded
-    in the models (without it about 1% of few-step trajectories run away).
-    """
+    consensus: str = DEFAULT_CONSENSUS,
+    variance: str = DEFAULT_VARIANCE,
+) -> GenerationJob:
+    """Check everything, encode the conditions and load the models of a generation of
+    ``target`` for every patient that has all of ``have`` (or ``patients``); nothing is
+    sampled yet. Arguments as :func:`generate_missing`."""
+    if consensus not in CONSENSUS:
+        raise CohereError(f"unknown consensus {consensus!r}; expected one of {', '.join(CONSENSUS)}")
+    if variance not in VARIANCES:
+        raise CohereError(f"unknown variance {variance!r}; expected one of {', '.join(VARIANCES)}")
     if method not in ("coherent", "multi"):
         raise CohereError(f"unknown method {method!r}; expected coherent or multi")
     if sampler not in METHODS:
@@ -246,14 +410,8 @@ def generate_missing(
         for e in models:
             if not isinstance(e, Expert) or e.target != target or e.source not in have:
                 raise CohereError(f"{e.id}: not an expert from one of {', '.join(have)} to {target}")
-        w = consensus_weights(models, weighting, weights)
-        keep = [(e, wi) for e, wi in zip(models, w) if wi > 0]   # a zero weight has no effect
-        members = [e.to(device).member({e.source: conds[e.source]}, weight=wi) for e, wi in keep]
-        used, w = [e.id for e, _ in keep], [wi for _, wi in keep]
-        schedule = keep[0][0].schedule
-        # the x_0 clamp: the widest training range of the target among the experts
-        bounds = (torch.stack([e.x0_bounds[0] for e, _ in keep]).amin(0),
-                  torch.stack([e.x0_bounds[1] for e, _ in keep]).amax(0))
+        c = expert_consensus(models, {m: conds[m] for m in have}, consensus, weighting, weights, device)
+        members, prior, used, w, schedule, bounds = (c.members, c.prior, c.models, c.weights, c.schedule, c.bounds)
     else:
         multi = source.model(f"multi->{target}", encoders)
         if not isinstance(multi, MultiConditionModel):
@@ -262,15 +420,55 @@ def generate_missing(
         if extra:
             raise CohereError(f"multi->{target} was not trained with {extra[0]!r} as a condition")
         members = [multi.to(device).member(conds, n=len(ids))]
-        used, w, schedule, bounds = [multi.id], [1.0], multi.schedule, multi.x0_bounds
-    schedule = schedule.to(device)
+        used, w, schedule, bounds, prior = [multi.id], [1.0], multi.schedule, multi.x0_bounds, []
     steps = None if sampler == "ddpm" else steps
-    t0 = time.perf_counter()
-    gen = generate(members, schedule, len(ids), draws=draws, method=sampler, steps=steps, eta=eta,
-                   seed=seed, threshold=threshold, fraction=fraction, attempts=attempts,
-                   x0_bounds=None if not clip else bounds)
-    settings = {"sampling_seconds": time.perf_counter() - t0, "sampler": sampler, "steps": steps, "eta": eta, "seed": seed, "draws": draws,
-                "threshold": threshold, "fraction": fraction, "attempts": attempts, "clip": clip,
-                "weighting": weighting if weights is None else "explicit",
+    variance = variance if sampler == "ddim" else "fixed"
+    options = dict(method=sampler, steps=steps, eta=eta, threshold=threshold, fraction=fraction, attempts=attempts,
+                   x0_bounds=None if not clip else bounds, consensus=consensus, variance=variance)
+    settings = {"sampler": sampler, "steps": steps, "eta": eta, "threshold": threshold, "fraction": fraction,
+                "attempts": attempts, "clip": clip,
+                "consensus": consensus if method == "coherent" else None,
+                "variance": variance if sampler == "ddim" else None,
+                "weighting": ("explicit" if weights is not None else
+                              "informativeness" if consensus == "product" else weighting),
                 "imputation": {m: r.to_dict() for m, r in imputation.items()}}
-    return GenerationResult(target, ids, gen, method, used, w, encoders[target], settings, imputation)
+    return GenerationJob(target, ids, method, used, w, encoders[target], members, prior, schedule.to(device),
+                         options, settings, imputation)
+
+
+def generate_missing(cohort: Cohort, target: str, have: list[str], source: ModelSource, method: str = "coherent",
+                     patients: list[str] | None = None, draws: int = 1, seed: int = 0, **options) -> GenerationResult:
+    """Generate ``target`` for every patient that has all of ``have`` (or ``patients``):
+    ``draws`` draws each, all kept in memory (refused beyond ``MAX_RESULT_BYTES``; the CLI
+    streams larger requests to its output instead).
+
+    Options (see :func:`prepare_generation`): ``sampler`` ("ddim", "dpmpp2m" or "ddpm", the
+    paper's T steps), ``steps``, ``eta``; ``clip`` clamps the x_0 estimate at every step to
+    the target's training range recorded in the models (without it about 1% of few-step
+    trajectories run away). ``consensus`` (Coherent Denoising): "product" combines the experts
+    as a product, eps_u + sum_i w_i (eps_i - eps_u) with every w_i = 1 unless ``weights`` are
+    given (eps_u the experts' unconditional prediction); "average" is the paper's weighted
+    average, with weights from ``weighting`` or ``weights`` normalised to sum to one (see
+    :mod:`cohere.sampling`). ``variance`` (the DDIM sampler): "analytic", the optimal reverse
+    variance from the models' recorded noise-prediction errors, or "fixed", DDIM's own (too
+    narrow at few steps). ``threshold``, ``fraction``, ``attempts``: coherence rejection.
+    ``PAPER_MODE`` holds the options of the paper's exact method.
+    """
+    job = prepare_generation(cohort, target, have, source, method, patients, **options)
+    size = job.result_bytes(draws) if isinstance(draws, int) and draws > 0 else 0
+    if size > MAX_RESULT_BYTES:
+        raise CohereError(f"{draws} draws of {len(job.samples)} patients take {size / 1024**3:.1f} GB in memory "
+                          f"(limit {MAX_RESULT_BYTES / 1024**3:.0f} GB); ask for fewer draws or fewer patients, or "
+                          "use 'cohere generate', which streams them to its output")
+    n, d = len(job.samples), int(job.target_encoder.latent_dim)
+    x = torch.empty(draws, n, d)
+    tries = torch.empty(draws, n, dtype=torch.long)
+    bad, ok = torch.empty(draws, n), torch.empty(draws, n, dtype=torch.bool)
+    t0 = time.perf_counter()
+    for first, rows, gen in job.chunks(draws, seed):
+        k, r = slice(first, first + gen.draws.shape[0]), torch.from_numpy(rows)
+        x[k, r], tries[k, r], bad[k, r], ok[k, r] = gen.draws.cpu(), gen.attempts.cpu(), gen.bad_fraction.cpu(), \
+            gen.accepted.cpu()
+    settings = {"sampling_seconds": time.perf_counter() - t0, "seed": seed, "draws": draws, **job.settings}
+    return GenerationResult(target, job.samples, Generation(x, tries, bad, ok), method, job.models, job.weights,
+                            job.target_encoder, settings, job.imputation)

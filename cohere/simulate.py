@@ -335,3 +335,48 @@ def _presence(rng, types, modalities, k: int, missing: bool) -> dict[str, np.nda
     none = ~present.any(axis=1)
     present[none, np.argmax(margin[none], axis=1)] = True
     return {m: present[:, j] for j, m in enumerate(modalities)}
+
+
+# ---------------------------------------------------------------- latents with a known posterior
+
+
+@dataclass
+class GaussianSources:
+    """Latent-level data whose conditional distributions are known exactly: a target
+    x ~ N(0, I_d) and sources c_s = x A_s + noise_s, independent given x (the assumption of a
+    product of experts). ``posterior(names, conds)`` is the exact Gaussian posterior of x
+    given any subset of the sources, for the oracle's scores."""
+
+    x: np.ndarray  # (n, d)
+    sources: dict[str, np.ndarray]  # name -> (n, d_s)
+    maps: dict[str, np.ndarray]  # name -> A_s (d, d_s)
+    noise: dict[str, float]  # name -> noise sd
+
+    def posterior(self, names: list[str], conds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(mean (n, d), covariance (d, d)) of x given the sources ``names`` with values ``conds``."""
+        d = self.x.shape[1]
+        precision = np.eye(d) + sum(self.maps[s] @ self.maps[s].T / self.noise[s] ** 2 for s in names)
+        cov = np.linalg.inv(precision)
+        mean = sum(conds[s] @ self.maps[s].T / self.noise[s] ** 2 for s in names) @ cov
+        return mean, cov
+
+    def oracle_draws(self, names: list[str], conds: dict[str, np.ndarray], k: int, seed: int = 0) -> np.ndarray:
+        """(k, n, d) exact posterior draws."""
+        mean, cov = self.posterior(names, conds)
+        rng = np.random.default_rng(seed)
+        return mean[None] + rng.multivariate_normal(np.zeros(len(cov)), cov, size=(k, len(mean)))
+
+
+def simulate_gaussian_sources(n: int, d: int = 8, signal: dict[str, float] | None = None, seed: int = 0
+                              ) -> GaussianSources:
+    """``n`` rows of :class:`GaussianSources`. ``signal`` {source name: strength}: source s is
+    x A_s (A_s a random d x d map of unit-scale columns times the strength) plus N(0, 1) noise;
+    strength 0 makes an uninformative source. Default: two equally informative sources."""
+    signal = {"a": 1.0, "b": 1.0} if signal is None else dict(signal)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2 or not signal:
+        raise CohereError("simulate_gaussian_sources needs n >= 2 rows and at least one source")
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, d))
+    maps = {s: float(w) * rng.standard_normal((d, d)) / np.sqrt(d) for s, w in signal.items()}
+    sources = {s: (x @ maps[s] + rng.standard_normal((n, d))).astype(np.float32) for s in signal}
+    return GaussianSources(x.astype(np.float32), sources, maps, {s: 1.0 for s in signal})

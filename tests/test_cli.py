@@ -138,7 +138,9 @@ def test_the_defaults_shown_in_help_are_the_librarys():
     from cohere.diffusion.train import TrainConfig
 
     assert generate.SHOWN_DEFAULTS == {"sampler": generation.DEFAULT_SAMPLER, "steps": generation.DEFAULT_STEPS,
-                                       "eta": generation.DEFAULT_ETA, "weighting": generation.DEFAULT_WEIGHTING}
+                                       "eta": generation.DEFAULT_ETA, "weighting": generation.DEFAULT_WEIGHTING,
+                                       "consensus": generation.DEFAULT_CONSENSUS,
+                                       "variance": generation.DEFAULT_VARIANCE}
     recipe = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     assert experts.SHOWN_RECIPE == {k: recipe[k] for k in experts.SHOWN_RECIPE}
 

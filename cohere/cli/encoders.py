@@ -58,7 +58,7 @@ def train(
         if len(va):
             metrics["val_r2"] = round(enc.reconstruction_r2(va), 4)
         training = {"cohort": str(c.path.name if c.path else ""), "n_train": len(tr), "n_val": len(va),
-                    "seconds": round(enc.fit_seconds_, 1), "seed": seed,
+                    "seed": seed,
                     "description": f"{len(tr)} training samples of cohort '{c.path.name if c.path else ''}'; "
                                    f"validation on {len(va)} held-out samples."}
         if hasattr(enc, "epochs_"):
@@ -67,7 +67,7 @@ def train(
     for m, enc, metrics, training in fitted:
         digest = enc.save(encoder_dir(models, m), metrics, training)
         typer.echo(f"{m}: saved {encoder_dir(models, m)}  digest {digest[:12]}  "
-                   + "  ".join(f"{k}={v}" for k, v in metrics.items()))
+                   + "  ".join(f"{k}={v}" for k, v in metrics.items()) + f"  {enc.fit_seconds_:.0f}s")
 
 
 def encode(

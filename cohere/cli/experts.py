@@ -127,7 +127,7 @@ def train(
                                    search=search, progress=report, training=info)
         mt = model.metrics
         typer.echo(f"{model_id}: trained  val_loss={mt['val_loss']:.4f}  val_r2={mt['val_r2']:.4f}  "
-                   f"n_train={model.training['n_train']}  {model.training['seconds']:.0f}s")
+                   f"n_train={model.training['n_train']}  {model.fit_seconds:.0f}s")
         trained.append(model)
     for model in trained:  # saved once every model is trained: a failure writes nothing
         folder = model_dir(models, model.id)

@@ -9,12 +9,12 @@ from typing import Optional
 import typer
 
 from ..errors import CohereError
-from .common import (check_choice, check_device, check_modalities, check_paths, note_imputation, progress,
-                     read_cohort, write_tables)
+from .common import check_choice, check_device, check_modalities, check_paths, note_imputation, progress, read_cohort
 
 # the library's defaults (cohere.generation.DEFAULT_*), shown in --help without importing it
 # (and torch) to build the app; tests/test_cli.py checks that they agree
-SHOWN_DEFAULTS = {"sampler": "ddim", "steps": 20, "eta": 1.0, "weighting": "inverse"}
+SHOWN_DEFAULTS = {"sampler": "ddim", "steps": 20, "eta": 1.0, "weighting": "inverse", "consensus": "product",
+                  "variance": "analytic"}
 
 
 def _split(value: Optional[str]) -> list[str]:
@@ -41,6 +41,15 @@ def generate(
     weighting: Optional[str] = typer.Option(None, show_default=SHOWN_DEFAULTS["weighting"],
                                             help="Consensus weights: inverse, softmax or uniform (of validation loss)."),
     weights: Optional[str] = typer.Option(None, help='Explicit weights as JSON, e.g. \'{"rnaseq->cna": 2, "rppa->cna": 1}\'.'),
+    consensus: Optional[str] = typer.Option(None, show_default=SHOWN_DEFAULTS["consensus"],
+                                            help="product (combine the experts' information) or average (the paper's "
+                                                 "weighted average of noise predictions)."),
+    variance: Optional[str] = typer.Option(None, show_default=SHOWN_DEFAULTS["variance"],
+                                           help="DDIM reverse variance: analytic (calibrated from the models' "
+                                                "recorded errors) or fixed (DDIM's own, too narrow at few steps)."),
+    paper: bool = typer.Option(False, "--paper", help="The paper's exact method: DDPM with all T steps, "
+                               "softmax(1/loss) weights, their average, no x0 clamp. Not combinable with "
+                               "--sampler/--steps/--eta/--weighting/--consensus/--variance."),
     threshold: float = typer.Option(1.0, min=0.0, help="Coherence threshold (weighted mean pairwise cosine distance)."),
     fraction: float = typer.Option(0.10, min=0.0, max=1.0, help="Reject a trajectory incoherent on more than this fraction of steps."),
     attempts: int = typer.Option(10, min=1, help="Trajectories per draw at most (rejected ones are regenerated)."),
@@ -68,31 +77,85 @@ def generate(
     if explicit is not None and not isinstance(explicit, dict):
         raise CohereError(f"--weights {weights!r}: expected a JSON object of expert ids and weights, "
                           "e.g. '{\"rnaseq->cna\": 2, \"rppa->cna\": 1}'")
-    from ..generation import WEIGHTINGS, ModelSource, generate_missing
-    from ..sampling import METHODS
+    from ..generation import PAPER_MODE, WEIGHTINGS, ModelSource, prepare_generation
+    from ..sampling import CONSENSUS, METHODS, VARIANCES
 
     check_choice("--sampler", sampler, METHODS)
     check_choice("--weighting", weighting, WEIGHTINGS)
+    check_choice("--consensus", consensus, CONSENSUS)
+    check_choice("--variance", variance, VARIANCES)
     check_device(device)
+    chosen = dict(sampler=sampler, steps=steps, eta=eta, weighting=weighting, consensus=consensus, variance=variance)
+    if paper:
+        clash = [f"--{k}" for k, v in chosen.items() if v is not None]
+        if clash:
+            raise CohereError(f"--paper fixes the sampler and the consensus; drop {', '.join(clash)} or --paper")
+        chosen = dict(PAPER_MODE)
 
     c = read_cohort(cohort, [*have_list] or None)
     source = ModelSource.folder(models) if models else ModelSource.store()
-    defaults = {k: v for k, v in dict(sampler=sampler, steps=steps, eta=eta, weighting=weighting).items()
-                if v is not None}  # the others: the library's defaults
-    with progress(f"generating {target} ({method})"):
-        result = generate_missing(
-            c, target, have_list, source, method=method, patients=_split(patients) or None, draws=draws,
-            seed=seed, weights=explicit, experts=_split(experts) or None, threshold=threshold,
-            fraction=fraction, attempts=attempts, device=device, allow_unconditional=allow_unconditional,
-            n_unconditional=n_samples, **defaults)
-    for record in result.imputation.values():
+    defaults = {k: v for k, v in chosen.items() if v is not None}  # the others: the library's defaults
+    job = prepare_generation(
+        c, target, have_list, source, method=method, patients=_split(patients) or None, weights=explicit,
+        experts=_split(experts) or None, threshold=threshold, fraction=fraction, attempts=attempts, device=device,
+        allow_unconditional=allow_unconditional, n_unconditional=n_samples, **defaults)
+    for record in job.imputation.values():
         note_imputation(record)
-    table = result.to_frame(decode=decode, aggregate=aggregate)
-    diag = result.diagnostics()
-    write_tables({out: table.set_index("sample")} | ({diagnostics: diag} if diagnostics else {}))
-    typer.echo(f"generated {target} for {len(result.samples)} patients x {draws} draws with "
-               f"{method} ({', '.join(f'{m} w={w:.2f}' for m, w in zip(result.models, result.weights))}); "
-               f"accepted {diag['accepted'].mean():.1%}, mean attempts {diag['attempts'].mean():.2f} -> {out}")
+    _check_room(job, draws, out, decode, aggregate)
+    stream(job, draws, seed, out, diagnostics, decode, aggregate)
+    typer.echo(f"generated {target} for {len(job.samples)} patients x {draws} draws with "
+               f"{method} ({', '.join(f'{m} w={w:.2f}' for m, w in zip(job.models, job.weights))}) -> {out}")
+
+
+def _check_room(job, draws: int, out: Path, decode: bool, aggregate: bool) -> None:
+    """Refuse up front an output that cannot fit on its disk (rough size: 12 bytes a value as
+    text, 5 in Parquet), with the size and what to do instead."""
+    import shutil
+
+    rows = len(job.samples) * (1 if aggregate else draws)
+    cols = (len(job.target_encoder.preprocessor_.features_) if decode else job.target_encoder.latent_dim) + 2
+    need = rows * cols * (5 if out.suffix == ".parquet" else 12)
+    free = shutil.disk_usage(out.resolve().parent).free
+    if need > free:
+        raise CohereError(f"--out: {rows:,} rows x {cols:,} columns take about {need / 1024**3:.1f} GB, more than the "
+                          f"{free / 1024**3:.1f} GB free in {out.resolve().parent}; use --aggregate (one row per "
+                          "patient), fewer --draws, or another disk")
+
+
+def stream(job, draws: int, seed: int, out: Path, diagnostics: Optional[Path], decode: bool, aggregate: bool) -> None:
+    """Run the generation batch by batch (bounded memory) and append each batch's rows to
+    ``out`` (or, with ``aggregate``, keep per-patient sums only); both outputs are written
+    atomically and together: nothing is left if anything fails."""
+    import contextlib
+
+    import numpy as np
+
+    from ..atomic import writing
+    from ..cohort import stream_table, write_table_as
+    from ..generation import Accumulator, aggregate_frame, draws_frame
+
+    samples = job.samples.to_numpy()
+    acc = Accumulator(len(samples), job.target_encoder.latent_dim)
+    batches = len(job.batches(draws))
+    with contextlib.ExitStack() as stack:
+        table = stack.enter_context(stream_table(out))
+        diag_tmp = stack.enter_context(writing(diagnostics)) if diagnostics else None
+        with progress(f"generating {job.target} ({job.method})", batches) as update:
+            for i, (first, rows, gen) in enumerate(job.chunks(draws, seed), 1):
+                acc.add(rows, gen)
+                if not aggregate:
+                    x = gen.draws.cpu().numpy()
+                    table.write(draws_frame(job.target, job.target_encoder, samples[rows], x,
+                                            np.arange(first, first + x.shape[0]), decode).set_index("sample"))
+                update(i)
+        diag = acc.diagnostics(job.samples, job.imputation)
+        if aggregate:
+            table.write(aggregate_frame(job.target, job.target_encoder, job.samples, acc.mean, diag, decode)
+                        .set_index("sample"))
+        if diag_tmp is not None:
+            write_table_as(diag, diag_tmp, diagnostics.suffix)
+    typer.echo(f"accepted {diag['accepted'].mean():.1%} of the draws, mean attempts {diag['attempts'].mean():.2f}",
+               err=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -233,11 +233,25 @@ class NoiseSchedule(nn.Module):
         eta: float = 0.0,
         generator: torch.Generator | None = None,
         noise: Tensor | None = None,
+        noise_error: float | Tensor | None = None,
     ) -> StepOutput:
         """One DDIM step x_t -> x_{t_prev} (Song et al. 2021, eq. 12):
 
-            x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - s^2) eps + s z,
+            x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - s^2) eps + sigma z,
             s^2 = eta^2 (1 - abar_prev)/(1 - abar_t) (1 - abar_t/abar_prev)   (eta^2 * beta_tilde)
+
+        and sigma = s, or, given ``noise_error`` r = E||eps - eps_theta(x_t)||^2 / d (the
+        model's noise-prediction error at t on held-out data; a float, or an (n, 1) tensor per
+        row), the optimal variance of a Gaussian reverse step with that mean (Analytic-DPM,
+        Bao et al. 2022, eq. 7, where r = 1 - E||eps_theta||^2 / d for a perfect model; Bao
+        et al. 2022b for an imperfect mean):
+
+            sigma^2 = s^2 + (sqrt((1 - abar_t) / alpha) - sqrt(1 - abar_prev - s^2))^2 r,
+            alpha = abar_t / abar_prev.
+
+        The second term is the uncertainty of x_0 given x_t that the point estimate x0_hat
+        drops, (1 - abar_t)/abar_t r per dimension, carried through the step: with few steps s^2
+        alone makes the samples far too narrow.
 
         ``t_prev = -1`` is the final step to clean data, with abar_prev = 1 (diffusers'
         ``set_alpha_to_one=True``, its default; ``False`` would use abar_0 instead). With
@@ -259,7 +273,13 @@ class NoiseSchedule(nn.Module):
         x0 = (x_t - math.sqrt(1.0 - abar_t) * eps) / math.sqrt(abar_t)  # (n, d)
         var = (1.0 - abar_prev) / (1.0 - abar_t) * (1.0 - abar_t / abar_prev)  # beta_tilde for t -> t_prev
         std = eta * math.sqrt(var)
-        prev = math.sqrt(abar_prev) * x0 + math.sqrt(max(1.0 - abar_prev - std**2, 0.0)) * eps  # (n, d)
+        direction = math.sqrt(max(1.0 - abar_prev - std**2, 0.0))
+        prev = math.sqrt(abar_prev) * x0 + direction * eps  # (n, d)
+        if noise_error is not None:  # Analytic-DPM: add the x_0 uncertainty behind x0_hat
+            gap = (math.sqrt((1.0 - abar_t) * abar_prev / abar_t) - direction) ** 2
+            r = torch.clamp(torch.as_tensor(noise_error, dtype=x_t.dtype, device=x_t.device), 0.0, 1.0)
+            sigma = torch.sqrt(std**2 + gap * r)  # scalar or (n, 1)
+            return StepOutput(prev + sigma * self._noise_like(x_t, generator, noise), x0)
         if eta > 0:
             prev = prev + std * self._noise_like(x_t, generator, noise)  # (n, d)
         return StepOutput(prev, x0)
