@@ -88,16 +88,23 @@ def test_reconstruction_rows_and_calibrated_line(data):
     from cohere.evaluation.baselines import mofa_available
     from cohere.evaluation.experiments import reconstruction
 
-    df = reconstruction(data, draws=2, iterative=False)
-    # 3 targets x 3 conditioning sets x (2 generators + mean, knn, ridge, [MOFA+,] random neighbour)
+    ranks = {}
+    df = reconstruction(data, draws=4, iterative=False, histograms=ranks)
+    # 3 targets x 3 conditioning sets x (2 generators + mean, knn, ridge, [MOFA+,] random neighbour,
+    # gauss, resboot)
     points = ["mean", "knn", "ridge"] + (["MOFA+"] if mofa_available() else [])
-    assert len(df) == 3 * 3 * (3 + len(points))
-    assert set(df.method) == {"expert", "coherent", "multi", "random neighbour", *points}
+    stochastic = ["random neighbour", "gauss", "resboot"]
+    assert len(df) == 3 * 3 * (2 + len(points) + len(stochastic))
+    assert set(df.method) == {"expert", "coherent", "multi", *points, *stochastic}
     np.testing.assert_allclose(df.calibrated_single_draw_r2, 2 * df.r2_of_mean - 1)
     point = df[df.method.isin(points)]
-    assert (point.var_pct == 0).all() and np.allclose(point.r2, point.r2_of_mean)
-    assert (df[df.method == "random neighbour"].var_pct > 0).all()
-    assert np.isfinite(df[["r2", "r2_of_mean", "energy_score"]].to_numpy()).all()
+    assert (point.var_pct == 0).all() and np.allclose(point.r2, point.r2_of_mean) and point.cov90.isna().all()
+    assert (df[df.method.isin(stochastic)].var_pct > 0).all()
+    assert np.isfinite(df[["r2", "r2_of_mean", "r2_of_mean10", "energy_score", "crps"]].to_numpy()).all()
+    assert (df.draws == 4).all() and np.allclose(df.cov90_calibrated, 3 * 0.9 / 5)
+    # a rank histogram per stochastic method: the generators and gauss / resboot
+    assert ("cna", "rnaseq+rppa", "coherent") in ranks and ("cna", "rnaseq", "resboot") in ranks
+    assert all(h.shape == (5,) and abs(h.sum() - 1) < 1e-9 for h in ranks.values())
     with pytest.raises(CohereError, match="draws >= 2"):
         reconstruction(data, draws=1)
 
@@ -127,6 +134,34 @@ def test_completion_and_table2_layout(data, forests):
     row = table[(table.removed == "rnaseq") & (table.metric == "stage_f1")].iloc[0]
     assert row["drop"] == pytest.approx(row["ablated"] - row["full"])
     assert row["gain coherent"] == pytest.approx(row["coherent"] - row["ablated"])
+    # multiple imputation: one pooled row per (removed, method), the forests' outputs averaged
+    pooled = runs[runs.condition == "coherent (MI pooled)"]
+    assert len(pooled) == 6 and "gain coherent (MI pooled)" in table.columns
+
+
+def test_pooled_scores_average_the_forests_outputs(data, forests):
+    ids = data.test_ids
+    real = forests.features({m: data.test[m].to_numpy() for m in MODS}, ids)
+    assert forests.scores([real, real]) == forests.scores(real)  # K identical copies = one copy
+    blank = forests.features({}, ids)
+    ok, _ = forests.stage_targets()
+    proba = (forests.stage_.predict_proba(real[ok]) + forests.stage_.predict_proba(blank[ok])) / 2
+    from cohere.evaluation import metrics as M
+
+    expect = M.macro_f1(forests.stage_targets()[1], forests.stage_.classes_[proba.argmax(1)])
+    assert forests.scores([real, blank])["stage_f1"] == pytest.approx(expect)
+
+
+def test_feature_space_against_ridge_and_ceiling(data):
+    from cohere.evaluation.experiments import feature_space
+
+    df = feature_space(data, draws=3)
+    assert len(df) == 3 * 3 and set(df.target) == set(MODS)
+    cols = ["decoded mean", "decoded mean + residual ridge", "ridge -> features", "ridge -> latent, decoded"]
+    assert np.isfinite(df[cols].to_numpy()).all()
+    # nothing decoded from a latent beats the encoder's own reconstruction of the truth
+    assert (df["ridge -> latent, decoded"] <= df["ceiling"] + 1e-9).all()
+    assert (df.draws == 3).all()
 
 
 def test_counterfactual_curves_meet_at_the_ends(data, forests):
@@ -145,19 +180,21 @@ def test_run_all_writes_the_report(data, tmp_path):
     from cohere.evaluation.experiments import ForestSettings
     from cohere.evaluation.pipeline import Plan, run_all
 
-    plan = Plan(draws=2, privacy_runs=1, privacy_reference=150, signal_trees=10,
+    plan = Plan(draws=2, recon_draws=3, privacy_runs=1, privacy_reference=150, signal_trees=10,
                 forests=ForestSettings(rf_trees=10, rsf_trees=3), cf_repeats=1, cf_orders=2, iterative=False,
                 reducer="pca")
     run_all(data, tmp_path, plan, {"note": "test"}, log=lambda s: None)
     text = (tmp_path / "report.md").read_text()
-    for heading in ("1. Reconstruction", "2. Manifold (PCA)", "3. Signal preservation", "4. Downstream completion",
+    for heading in ("1. Reconstruction", "1b. Feature space", "2. Manifold (PCA)", "3. Signal preservation", "4. Downstream completion",
                     "5. Counterfactual", "6. Privacy"):
         assert heading in text
-    for f in ("reconstruction.csv", "privacy_runs.csv", "privacy_dcr.csv", "signal.csv", "downstream.csv",
+    for f in ("reconstruction.csv", "feature_space.csv", "privacy_runs.csv", "privacy_dcr.csv", "signal.csv", "downstream.csv",
               "counterfactual_auc.csv", "meta.json"):
         assert (tmp_path / f).is_file()
     pytest.importorskip("matplotlib")
-    assert (tmp_path / "manifold.png").is_file() and (tmp_path / "reconstruction.png").is_file() and (tmp_path / "counterfactual.png").is_file()
+    assert (tmp_path / "manifold.png").is_file() and (tmp_path / "rank_histograms.png").is_file()
+    assert (tmp_path / "counterfactual.png").is_file()
+    assert "issue 10's goals" in text
 
 
 def test_cli_evaluate_and_prioritize(setup, tmp_path, capsys):

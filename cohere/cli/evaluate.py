@@ -46,15 +46,16 @@ def _run(out: Path, data, plan, only: str) -> None:
 
 
 def reconstruction(cohort: Path = COHORT, models: Path = MODELS, out: Path = OUT, test_cohort: Optional[Path] = TEST,
-                   modalities: str = MODS, draws: int = _count(10, "Generation runs (draws per patient)."),
-                   iterative: bool = typer.Option(True, help="Include the iterative (MICE) baseline."),
+                   modalities: str = MODS, draws: int = _count(50, "Draws per patient (K)."),
+                   iterative: bool = typer.Option(True, help="Include the iterative (MICE) baselines."),
                    seed: int = SEED):
-    """R^2 (single draw, K-draw mean, calibrated line), output variance and energy score of every
-    target x conditioning set x {expert, multi, coherent} and the point-imputation baselines."""
+    """R^2 (single draw, mean of 10 and of K draws), output variance, energy score, CRPS and
+    interval coverage of every target x conditioning set x {expert, multi, coherent} beside the
+    point and distributional baselines (gauss, resboot, MICE draws)."""
     from ..evaluation.pipeline import Plan
 
-    _run(out, _data(out, cohort, models, test_cohort, modalities, seed), Plan(draws=draws, iterative=iterative, seed=seed),
-         "reconstruction")
+    _run(out, _data(out, cohort, models, test_cohort, modalities, seed),
+         Plan(recon_draws=draws, iterative=iterative, seed=seed), "reconstruction")
 
 
 def manifold(cohort: Path = COHORT, models: Path = MODELS, out: Path = OUT, test_cohort: Optional[Path] = TEST,

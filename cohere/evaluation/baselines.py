@@ -303,12 +303,14 @@ class ResidualBootstrapSampler(RidgeImputer):
 
 class MICESampler(PointImputer):
     """Multiple imputation by chained equations: sklearn's ``IterativeImputer`` with
-    ``sample_posterior=True`` and its default ``BayesianRidge`` equations, fitted as
-    :class:`IterativeImputer` is (the training matrix stacked with a copy whose target is
-    missing). Each draw is one stochastic imputation pass over [X_cond, NaN] with the fitted
-    equations: every round fills each target column with a draw from its equation's posterior
-    predictive. The K draws share one fit (K independent fits would cost K times as much for
-    the same equations on thousands of patients). ``predict`` is the mean of ``n_mean`` draws.
+    ``sample_posterior=True`` and its default ``BayesianRidge`` equations, fitted on the
+    training matrix [X_cond, Y] plus one row whose target is missing (so that the target
+    columns get equations; each equation is fitted on the rows where its column is observed,
+    so more masked rows would change nothing but the cost). Each draw is one stochastic
+    imputation pass over [X_cond, NaN] with the fitted equations: every round fills each target
+    column with a draw from its equation's posterior predictive. The K draws share one fit (K
+    independent fits would cost K times as much for the same equations on thousands of
+    patients). ``predict`` is the mean of ``n_mean`` draws.
     """
 
     def __init__(self, max_iter: int = 10, tol: float = 1e-3, random_state: int = 0, n_mean: int = 10):
@@ -318,7 +320,7 @@ class MICESampler(PointImputer):
         self.n_mean = n_mean
 
     def _fit(self, X, Y):
-        masked = np.hstack([X, np.full_like(Y, np.nan)])
+        masked = np.hstack([X[:1], np.full_like(Y[:1], np.nan)])
         stacked = np.vstack([np.hstack([X, Y]), masked])
         self.imputer_ = _SklearnIterativeImputer(sample_posterior=True, max_iter=self.max_iter, tol=self.tol,
                                                  random_state=self.random_state, skip_complete=True)
@@ -326,20 +328,19 @@ class MICESampler(PointImputer):
             warnings.simplefilter("ignore", ConvergenceWarning)
             self.imputer_.fit(stacked)
 
-    def _draw(self, X, rng: np.random.RandomState) -> np.ndarray:
-        self.imputer_.random_state_ = rng
-        filled = self.imputer_.transform(np.hstack([X, np.full((X.shape[0], self.n_targets_), np.nan)]))
-        return filled[:, self.n_features_in_:]
+    def _draws(self, X, k: int, seed: int) -> np.ndarray:
+        """(k, n, d): one imputation pass over k stacked copies of the rows (every row of every
+        copy gets its own posterior draws), which costs about one pass over k * n rows."""
+        self.imputer_.random_state_ = np.random.RandomState(seed)
+        rows = np.tile(np.hstack([X, np.full((X.shape[0], self.n_targets_), np.nan)]), (k, 1))
+        filled = self.imputer_.transform(rows)[:, self.n_features_in_:]
+        return filled.reshape(k, X.shape[0], self.n_targets_)
 
     def _predict(self, X):
-        rng = np.random.RandomState(self.random_state)
-        return np.mean([self._draw(X, rng) for _ in range(self.n_mean)], axis=0)
+        return self._draws(X, self.n_mean, self.random_state).mean(axis=0)
 
     def sample(self, X_cond, n_draws: int = 10, seed: int | None = None) -> np.ndarray:
-        k = _check_draws(n_draws)
-        X = self._check_predict(X_cond)
-        rng = np.random.RandomState(0 if seed is None else seed)
-        return np.stack([self._draw(X, rng) for _ in range(k)])
+        return self._draws(self._check_predict(X_cond), _check_draws(n_draws), 0 if seed is None else seed)
 
 
 class RandomNeighbourSampler(KNNRegressorImputer):

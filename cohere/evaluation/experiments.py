@@ -31,8 +31,9 @@ from ..errors import CohereError
 from ..generation import ModelSource, consensus_weights, generate_missing
 from ..sampling import generate
 from . import metrics as M
-from .baselines import (IterativeImputer, KNNRegressorImputer, MeanImputer, MOFAImputer,
-                        RandomNeighbourSampler, RidgeImputer, mofa_available)
+from .baselines import (GaussianResidualSampler, IterativeImputer, KNNRegressorImputer, MeanImputer,
+                        MICESampler, MOFAImputer, RandomNeighbourSampler, ResidualBootstrapSampler, RidgeImputer,
+                        mofa_available)
 
 DAYS_PER_MONTH = 30.4375
 
@@ -138,6 +139,10 @@ class EvalData:
 # ----------------------------------------------------------------------------- 1. reconstruction
 
 
+# the distributional baselines a generator must beat on the proper scores (goal of issue 10)
+STOCHASTIC_BASELINES = ("gauss", "resboot", "MICE draws")
+
+
 def _baselines(iterative: bool, views, k: int = 10, seed: int = 0) -> dict:
     out = {"mean": MeanImputer(), "knn": KNNRegressorImputer(k), "ridge": RidgeImputer()}
     if iterative:
@@ -145,25 +150,41 @@ def _baselines(iterative: bool, views, k: int = 10, seed: int = 0) -> dict:
     if mofa_available():
         out["MOFA+"] = MOFAImputer(views, seed=seed)
     out["random neighbour"] = RandomNeighbourSampler(k)
+    out["gauss"] = GaussianResidualSampler()
+    out["resboot"] = ResidualBootstrapSampler()
+    if iterative:
+        out["MICE draws"] = MICESampler(random_state=seed)
     return out
 
 
-def _score_draws(y: np.ndarray, draws: np.ndarray) -> dict:
+def score_draws(y: np.ndarray, draws: np.ndarray) -> dict:
+    """Every reconstruction score of K draws (K, n, d) against the truth y (n, d): R^2 of single
+    draws (mean, sd), of the mean of the first 10 and of all K draws, the calibrated
+    single-draw line, output variance, energy score, CRPS, and the coverage of the central 50%
+    and 90% intervals beside what a calibrated sampler with K draws covers."""
     runs = M.r2_runs(y, draws)
+    k = draws.shape[0]
     point = bool(np.allclose(draws, draws[:1]))
-    return {"r2": runs.mean, "r2_sd": runs.sd, "r2_of_mean": runs.of_mean,
-            "calibrated_single_draw_r2": runs.calibrated_single_draw,
-            "var_pct": 0.0 if point else M.output_variance_pct(y, draws),
-            "energy_score": M.energy_score(y, draws)}
+    out = {"r2": runs.mean, "r2_sd": runs.sd, "r2_of_mean": runs.of_mean,
+           "r2_of_mean10": M.r2(y, draws[:10].mean(0)),
+           "calibrated_single_draw_r2": runs.calibrated_single_draw,
+           "var_pct": 0.0 if point else M.output_variance_pct(y, draws),
+           "energy_score": M.energy_score(y, draws), "crps": M.crps(y, draws), "draws": k}
+    for level in (0.5, 0.9):
+        out[f"cov{int(level * 100)}"] = float("nan") if point else M.interval_coverage(y, draws, level)
+        out[f"cov{int(level * 100)}_calibrated"] = M.calibrated_coverage(level, k)
+    return out
 
 
-def reconstruction(data: EvalData, draws: int = 10, seed: int = 0, baselines: bool = True,
-                   iterative: bool = True) -> pd.DataFrame:
+def reconstruction(data: EvalData, draws: int = 50, seed: int = 0, baselines: bool = True,
+                   iterative: bool = True, histograms: dict | None = None) -> pd.DataFrame:
     """Every target x non-empty conditioning set x {expert, multi, coherent, baselines}.
 
-    One row per (target, conditions, method) with R^2 of single draws (mean and sd over the K
-    draws: the paper's Table 1), R^2 of the K-draw mean, the calibrated single-draw line
-    2 R^2(mean) - 1, output variance as % of the real variance, and the energy score.
+    One row per (target, conditions, method) with :func:`score_draws` of K = ``draws`` draws
+    (R^2 of single draws as the paper's Table 1, R^2 of the mean of 10 and of K draws, output
+    variance, energy score, CRPS, interval coverage). ``histograms``, if given, receives the
+    rank histogram (:func:`~cohere.evaluation.metrics.rank_histogram`) of every stochastic
+    method, keyed by (target, conditions, method).
     """
     if draws < 2:
         raise CohereError("reconstruction needs draws >= 2 (output variance and energy score)")
@@ -174,9 +195,12 @@ def reconstruction(data: EvalData, draws: int = 10, seed: int = 0, baselines: bo
         for have in nonempty_subsets(others):
             methods = [("expert" if len(have) == 1 else "coherent", "coherent"), ("multi", "multi")]
             for name, method in methods:
+                t0 = time.perf_counter()
                 x = data.generated(target, have, method, draws, seed)
                 rows.append({"target": target, "conditions": label(have), "method": name,
-                             **_score_draws(y, x)})
+                             **score_draws(y, x), "seconds": round(time.perf_counter() - t0, 2)})
+                if histograms is not None:
+                    histograms[(target, label(have), name)] = M.rank_histogram(y, x)
             if not baselines:
                 continue
             X, Y = data.train_pairs(have, target)
@@ -185,9 +209,66 @@ def reconstruction(data: EvalData, draws: int = 10, seed: int = 0, baselines: bo
             for name, model in _baselines(iterative, views, seed=seed).items():
                 t0 = time.perf_counter()
                 x = model.fit(X, Y).sample(Xt, n_draws=draws, seed=seed)
-                data.timings[f"baseline {name} {label(have)}->{target}"] = round(time.perf_counter() - t0, 2)
+                seconds = round(time.perf_counter() - t0, 2)
+                data.timings[f"baseline {name} {label(have)}->{target}"] = seconds
                 rows.append({"target": target, "conditions": label(have), "method": name,
-                             **_score_draws(y, x)})
+                             **score_draws(y, x), "seconds": seconds})
+                if histograms is not None and name in STOCHASTIC_BASELINES:
+                    histograms[(target, label(have), name)] = M.rank_histogram(y, x)
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- 1b. feature space
+
+
+def _feature_r2(truth: np.ndarray, pred: np.ndarray) -> float:
+    """Variance-weighted R^2 over observed cells (as :meth:`Encoder.feature_r2`)."""
+    obs = ~np.isnan(truth)
+    sst = ((truth - np.nanmean(truth, axis=0)) ** 2)[obs].sum()
+    return float(1.0 - ((truth - pred) ** 2)[obs].sum() / sst)
+
+
+def feature_space(data: EvalData, draws: int = 50, seed: int = 0, method: str = "coherent") -> pd.DataFrame:
+    """What a user receives: decoded features against the real preprocessed ones.
+
+    Per target x conditioning set: the feature-space R^2 (over observed cells) of
+    - ``decoded mean``: the decoded mean of ``draws`` generated latents (``method``);
+    - ``ridge -> features``: ridge fitted on the training patients straight from the condition
+      latents to the target's preprocessed features (missing cells filled with the training
+      column mean for the fit only);
+    - ``ridge -> latent, decoded``: ridge to the target latent, then decoded;
+    - ``decoded mean + residual ridge``: the decoded mean plus a ridge from the condition latents
+      to what the encoder cannot represent (features minus decode(encode(features))) on the
+      training patients, i.e. the part of the features outside the 32-d latent;
+    - ``ceiling``: decode(encode(truth)), the encoder's own reconstruction.
+    """
+    rows = []
+    for target in data.modalities:
+        enc = data.cache["encoders"][target]
+        test_truth = enc.target_features(data.test_cohort.tables[target].loc[data.test_ids]).to_numpy(np.float64)
+        y_lat = data.test[target].to_numpy()
+        ceiling = _feature_r2(test_truth, enc.decode(y_lat).to_numpy(np.float64))
+        others = [m for m in data.modalities if m != target]
+        for have in nonempty_subsets(others):
+            X, Y = data.train_pairs(have, target)
+            ids = data.train[target].index
+            for m in have:
+                ids = ids.intersection(data.train[m].index)
+            train_truth = enc.target_features(data.cohort.tables[target].loc[ids]).to_numpy(np.float64)
+            filled = np.where(np.isnan(train_truth), np.nanmean(train_truth, axis=0), train_truth)
+            Xt = data.test_matrix(have)
+            direct = RidgeImputer().fit(X, filled).predict(Xt)
+            lat = RidgeImputer().fit(X, Y).predict(Xt)
+            residual = filled - enc.decode(Y).to_numpy(np.float64)
+            correction = RidgeImputer().fit(X, residual).predict(Xt)
+            gen = data.generated(target, have, method, draws, seed)
+            decoded = enc.decode(gen.mean(0)).to_numpy(np.float64)
+            rows.append({"target": target, "conditions": label(have), "draws": draws,
+                         "decoded mean": _feature_r2(test_truth, decoded),
+                         "decoded mean + residual ridge": _feature_r2(test_truth, decoded + correction),
+                         "ridge -> features": _feature_r2(test_truth, direct),
+                         "ridge -> latent, decoded": _feature_r2(test_truth, enc.decode(lat).to_numpy(np.float64)),
+                         "ceiling": ceiling, "features": test_truth.shape[1]})
     return pd.DataFrame(rows)
 
 
@@ -476,12 +557,19 @@ class DownstreamModels:
         ok = np.isfinite(t) & (t > 0) & np.isfinite(e)
         return ok, months(t[ok]), e[ok]
 
-    def scores(self, X: np.ndarray) -> dict:
-        """Macro F1 of stage and C-index of survival on the test patients given features X."""
+    def scores(self, X) -> dict:
+        """Macro F1 of stage and C-index of survival on the test patients given features X.
+
+        ``X`` may be a list of K completed copies (multiple imputation): the forests'
+        predictions are then pooled over the copies (mean class probabilities, mean risk score)
+        before scoring, the way an analyst combines multiply-imputed data sets."""
+        copies = X if isinstance(X, list) else [X]
         ok, stage = self.stage_targets()
         oks, t, e = self.surv_targets()
-        return {"stage_f1": M.macro_f1(stage, self.stage_.predict(X[ok])),
-                "os_cindex": M.concordance_index(t, e, self.rsf_.predict(X[oks]))}
+        proba = np.mean([self.stage_.predict_proba(x[ok]) for x in copies], axis=0)
+        risk = np.mean([self.rsf_.predict(x[oks]) for x in copies], axis=0)
+        return {"stage_f1": M.macro_f1(stage, self.stage_.classes_[proba.argmax(1)]),
+                "os_cindex": M.concordance_index(t, e, risk)}
 
 
 def months(days) -> np.ndarray:
@@ -492,8 +580,9 @@ def months(days) -> np.ndarray:
 def completion(data: EvalData, models: DownstreamModels, runs: int = 10, seed: int = 0,
                methods=("multi", "coherent")) -> pd.DataFrame:
     """For every non-empty set R of removed modalities: full, ablated (R missing), generated
-    (each modality of R generated from the remaining ones, draw k in run k), mean- and
-    KNN-imputed (from the remaining ones), and cancer type only. One row per (removed,
+    (each modality of R generated from the remaining ones, draw k in run k; and "MI pooled":
+    the forests' predictions averaged over the K completed copies), mean- and KNN-imputed
+    (from the remaining ones), and cancer type only. One row per (removed,
     condition, run) with stage macro F1 and OS C-index."""
     ids = data.test_ids
     real = {m: data.test[m].to_numpy() for m in data.modalities}
@@ -509,10 +598,12 @@ def completion(data: EvalData, models: DownstreamModels, runs: int = 10, seed: i
             continue
         for method in methods:
             gens = {m: data.generated(m, tuple(kept), method, max(runs, 2), seed) for m in removed}
-            for run in range(runs):
-                lat = {**base, **{m: g[run] for m, g in gens.items()}}
-                rows.append({"removed": label(removed), "condition": method, "run": run,
-                             **models.scores(models.features(lat, ids))})
+            copies = [models.features({**base, **{m: g[run] for m, g in gens.items()}}, ids)
+                      for run in range(runs)]
+            for run, X in enumerate(copies):
+                rows.append({"removed": label(removed), "condition": method, "run": run, **models.scores(X)})
+            rows.append({"removed": label(removed), "condition": f"{method} (MI pooled)", "run": 0,
+                         **models.scores(copies)})
         for name, imputer in (("mean-imputed", MeanImputer), ("knn-imputed", KNNRegressorImputer)):
             lat = dict(base)
             for m in removed:
@@ -536,7 +627,8 @@ def completion_table(per_run: pd.DataFrame) -> pd.DataFrame:
         for metric in ("stage_f1", "os_cindex"):
             row = {"removed": removed, "metric": metric, "full": full[metric], "ablated": abl[metric],
                    "drop": abl[metric] - full[metric]}
-            for cond in ("multi", "coherent", "mean-imputed", "knn-imputed"):
+            for cond in ("multi", "coherent", "multi (MI pooled)", "coherent (MI pooled)", "mean-imputed",
+                         "knn-imputed"):
                 if (removed, cond) in mean.index:
                     row[cond] = mean.loc[(removed, cond)][metric]
                     row[f"gain {cond}"] = mean.loc[(removed, cond)][metric] - abl[metric]

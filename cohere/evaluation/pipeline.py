@@ -70,7 +70,8 @@ def train_models(cohort: Cohort, models: str | Path, modalities: list[str], conf
 class Plan:
     """What :func:`run_all` runs and how big. ``skip``: experiment names to leave out."""
 
-    draws: int = 10  # generation runs (draws per patient)
+    draws: int = 10  # generation runs (draws per patient) of the signal, downstream and counterfactual experiments
+    recon_draws: int = 50  # draws per patient of the reconstruction table (coverage, R^2 of the mean of K)
     privacy_runs: int = 10
     privacy_reference: int | None = 2000
     signal_trees: int = 500
@@ -84,7 +85,7 @@ class Plan:
     skip: tuple[str, ...] = ()
 
 
-EXPERIMENTS = ("reconstruction", "manifold", "privacy", "signal", "downstream", "counterfactual")
+EXPERIMENTS = ("reconstruction", "feature_space", "manifold", "privacy", "signal", "downstream", "counterfactual")
 
 
 def run_all(data: E.EvalData, out: str | Path, plan: Plan | None = None, context: dict | None = None,
@@ -114,8 +115,11 @@ def run_all(data: E.EvalData, out: str | Path, plan: Plan | None = None, context
             R.write_report(out, {**results, name: value}, meta())
         return value
 
+    results["rank_histograms"] = {}
     results["reconstruction"] = timed("reconstruction", lambda: E.reconstruction(
-        data, draws=plan.draws, seed=plan.seed, iterative=plan.iterative))
+        data, draws=plan.recon_draws, seed=plan.seed, iterative=plan.iterative, histograms=results["rank_histograms"]))
+    results["feature_space"] = timed("feature_space", lambda: E.feature_space(data, draws=plan.recon_draws,
+                                                                           seed=plan.seed))
     results["manifold"] = timed("manifold", lambda: E.manifold(data, seed=plan.seed, draws=plan.draws,
                                                                     reducer=plan.reducer))
     results["privacy"] = timed("privacy", lambda: E.privacy(
