@@ -46,11 +46,12 @@ def render_card(template: str, **context) -> str:
     """Render ``cards/<template>`` (a Jinja template shipped with the package)."""
     import jinja2
 
-    text = resources.files("cohere._cards").joinpath(template).read_text()
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+    cards = resources.files("cohere._cards")
+    env = jinja2.Environment(loader=jinja2.FunctionLoader(lambda name: cards.joinpath(name).read_text()),
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
                              trim_blocks=True, lstrip_blocks=True)
     env.filters["tojson"] = lambda v: json.dumps(v)
-    return env.from_string(text).render(**context)
+    return env.get_template(template).render(**context)
 
 
 @dataclass

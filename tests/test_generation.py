@@ -184,3 +184,70 @@ def test_an_unknown_target_is_named_as_an_unknown_modality(world):
     for target in ("foo", "RPPA"):
         with pytest.raises(CohereError, match=rf"unknown modality '{target}'; known modalities: cna, rnaseq, rppa, wsi"):
             generate_missing(cohort, target, ["rnaseq"], ModelSource.folder(models))
+
+
+# ----------------------------------------------------------------------------- bounded memory
+
+
+def test_chunked_generation_covers_every_draw_once_and_is_seeded(world, monkeypatch):
+    import cohere.generation as G
+
+    small, _, models, _ = world
+    source = ModelSource.folder(models)
+    job = G.prepare_generation(small, "rppa", ["rnaseq"], source)
+    n = len(job.samples)
+    monkeypatch.setattr(G, "MAX_BATCH_ROWS", n // 3)  # patients in blocks, one draw at a time
+    layout = job.batches(4)
+    assert len(layout) == 4 * 4 and all(len(rows) <= n // 3 for _, _, rows in layout)
+    seen = np.zeros((4, n), dtype=int)
+    for first, k, rows in layout:
+        seen[first:first + k, rows] += 1
+    assert (seen == 1).all()
+    a = generate_missing(small, "rppa", ["rnaseq"], source, draws=4, seed=5)
+    b = generate_missing(small, "rppa", ["rnaseq"], source, draws=4, seed=5)
+    np.testing.assert_array_equal(a.draws, b.draws)
+    assert a.draws.shape == (4, n, 32) and np.isfinite(a.draws).all()
+    assert len({a.draws[k, 0].tobytes() for k in range(4)}) == 4  # batches get their own seeds
+
+
+def test_a_result_that_cannot_fit_in_memory_is_refused_with_its_size(world, monkeypatch):
+    import cohere.generation as G
+
+    small, _, models, _ = world
+    monkeypatch.setattr(G, "MAX_RESULT_BYTES", 1000)
+    with pytest.raises(CohereError, match=r"3 draws of \d+ patients take 0\.0 GB in memory .* use 'cohere generate', "
+                                          "which streams them"):
+        generate_missing(small, "rppa", ["rnaseq"], ModelSource.folder(models), draws=3)
+
+
+def test_cli_streams_batches_and_aggregates_them(world, tmp_path, monkeypatch, capsys):
+    import cohere.generation as G
+
+    _, cohort_dir, models, _ = world
+    n = len(pd.read_parquet(cohort_dir / "rnaseq.parquet"))
+    monkeypatch.setattr(G, "MAX_BATCH_ROWS", max(1, n // 2))
+    base = ["generate", "--target", "rppa", "--have", "rnaseq", "--cohort", str(cohort_dir), "--models", str(models),
+            "--draws", "3", "--seed", "2"]
+    for extra, name in (([], "all.csv"), (["--aggregate"], "mean.csv")):
+        code, _, err = run(base + extra + ["--out", str(tmp_path / name)], capsys)
+        assert code == 0, err
+    draws = pd.read_csv(tmp_path / "all.csv", index_col=0, dtype={"sample": str})
+    mean = pd.read_csv(tmp_path / "mean.csv", index_col=0, dtype={"sample": str})
+    assert len(draws) == 3 * n and sorted(draws["draw"].unique()) == [0, 1, 2]
+    cols = [c for c in draws.columns if c.startswith("rppa.z")]
+    expect = draws.groupby(level=0)[cols].mean().loc[mean.index]
+    np.testing.assert_allclose(mean[cols].to_numpy(), expect.to_numpy(), atol=1e-5)
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*"))
+
+
+def test_an_output_larger_than_the_free_disk_is_refused_up_front(world, tmp_path, monkeypatch, capsys):
+    import shutil
+    from collections import namedtuple
+
+    _, cohort_dir, models, _ = world
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 100, 100))
+    code, _, err = run(["generate", "--target", "rppa", "--have", "rnaseq", "--cohort", str(cohort_dir), "--models",
+                        str(models), "--draws", "5", "--out", str(tmp_path / "g.csv")], capsys)
+    assert code == 1 and "take about" in err and "use --aggregate" in err
+    assert not (tmp_path / "g.csv").exists()

@@ -71,7 +71,14 @@ def test_add_list_info_remove_from_a_models_folder(home, models, capsys):
     assert r["digest"] == digests["experts"]["rppa->cna"]
     assert isinstance(r["val_loss"], float) and r["size"] > 0
     code, out, _ = run(["experts", "list"], capsys)
-    assert out.splitlines()[0].split() == ["id", "source", "target", "encoders", "val_loss", "val_r2", "size", "origin"]
+    header = ["id", "source", "target", "encoders", "r2_mean", "ridge_r2", "energy", "resboot_energy", "cov90",
+              "size", "origin"]
+    assert out.splitlines()[0].split() == header
+    # the held-out quality beside ridge, not the single-draw val_r2 that reads as failure
+    held = r["held_out"]
+    line = out.splitlines()[1].split()
+    assert line[header.index("r2_mean")] == f"{held['r2_mean']:.3f}"
+    assert line[header.index("resboot_energy")] == f"{held['ridge_resboot_energy']:.3f}"
     code, out, _ = run(["encoders", "list"], capsys)
     assert [line.split()[0] for line in out.splitlines()] == ["id", "cna", "rppa"]
     code, out, _ = run(["experts", "info", "rppa->cna", "--json"], capsys)

@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 
 from ..errors import CohereError
-from .common import check_device, check_paths, note_imputation, progress, read_cohort
+from .common import check_device, check_paths, note_imputation, progress, quality, quality_line, read_cohort
 from .encoders import encoder_dir
 
 # the training recipe's defaults (cohere.diffusion.train.TrainConfig), shown in --help without
@@ -126,8 +126,8 @@ def train(
                 model = Expert.fit(s, t, latents[s].loc[both], latents[t].loc[both], encoders, config,
                                    search=search, progress=report, training=info)
         mt = model.metrics
-        typer.echo(f"{model_id}: trained  val_loss={mt['val_loss']:.4f}  val_r2={mt['val_r2']:.4f}  "
-                   f"n_train={model.training['n_train']}  {model.fit_seconds:.0f}s")
+        typer.echo(f"{model_id}: trained  n_train={model.training['n_train']}  {model.fit_seconds:.0f}s  "
+                   f"{quality_line(mt)}".rstrip())
         trained.append(model)
     for model in trained:  # saved once every model is trained: a failure writes nothing
         folder = model_dir(models, model.id)
@@ -149,7 +149,7 @@ def list_(
         m = load_model(folder)
         rows.append({"id": m.id, "kind": m.kind, "folder": str(folder), "n_train": m.training.get("n_train"),
                      "val_loss": m.metrics.get("val_loss"), "val_r2": m.metrics.get("val_r2"),
-                     "encoders": m.encoders, "digest": m.digest})
+                     "held_out": m.metrics.get("held_out", {}), "encoders": m.encoders, "digest": m.digest})
     if json_:
         typer.echo(json.dumps(rows, indent=2))
         return
@@ -157,8 +157,15 @@ def list_(
         typer.echo(f"no experts in {models / 'experts'}; train them with 'cohere experts train --all "
                    f"--cohort DIR --models {models}'")
         return
-    table = pd.DataFrame(rows)[["id", "kind", "n_train", "val_loss", "val_r2"]]
+    table = pd.DataFrame([{"id": r["id"], "kind": r["kind"], "n_train": r["n_train"],
+                           **quality({"held_out": r["held_out"]})} for r in rows])
     typer.echo(table.to_string(index=False))
+    held = next((r["held_out"] for r in rows if r["held_out"]), None)
+    if held:
+        typer.echo(f"held-out rows of the training split, {held.get('draws')} draws per row with the default "
+                   "sampler: r2_mean = R^2 of the draws' mean beside ridge's R^2, energy = energy score (lower is "
+                   "better) beside ridge + a bootstrapped residual, cov90 = coverage of the central 90% interval "
+                   f"({held.get('coverage90_calibrated')} is calibrated at {held.get('draws')} draws)")
 
 
 def register(app: typer.Typer) -> None:

@@ -15,6 +15,7 @@ import typer
 from .. import hub
 from ..errors import CohereError
 from ..store import Store, normalize_id
+from .common import QUALITY, quality, quality_line
 
 SINGULAR = {"encoders": "encoder", "experts": "expert"}
 
@@ -52,6 +53,7 @@ def _row(group: str, e: dict, store: Store) -> dict:
                 "target": e["target"], "encoders": e["encoders"], "digest": e["digest"]}
     row |= {"origin": e.get("origin"), "repo": e.get("repo"), "revision": e.get("revision"), "sha": e.get("sha"),
             "path": e.get("path"), "val_loss": m.get("val_loss"), "val_r2": m.get("val_r2"),
+            "held_out": m.get("held_out"),
             "size": store.size(e), "folder": str(store.home / e["folder"]), "installed_at": e.get("installed_at")}
     return row
 
@@ -77,7 +79,8 @@ def make_commands(group: str, folder_list=None) -> dict:
             typer.echo(f"{one} {e['id']} is already installed ({_origin(e)}, digest {e['digest'][:12]})")
             return
         rev = f" (revision {e['revision']})" if e.get("origin") == "hub" and e.get("revision") not in (None, e.get("sha")) else ""
-        metric = " ".join(f"{k}={v}" for k, v in e["metrics"].items() if k in ("val_loss", "val_r2"))
+        metric = (" ".join(f"{k}={v}" for k, v in e["metrics"].items() if k == "val_r2") if group == "encoders"
+                  else quality_line(e["metrics"]))
         typer.echo(f"installed {e['kind']} {e['id']} from {_origin(e)}{rev} into {store.home / e['folder']}  "
                    f"digest {e['digest'][:12]}  {metric}".rstrip())
 
@@ -116,10 +119,10 @@ def make_commands(group: str, folder_list=None) -> dict:
             if group == "experts":
                 r["encoders"] = ",".join(f"{m}:{d[:8]}" for m, d in r["encoders"].items())
                 r["source"] = r["source"] or "+".join(r["sources"])
-            for k in ("val_loss", "val_r2"):
-                r[k] = "" if r[k] is None else f"{r[k]:.4f}"
+                r |= quality({"held_out": r["held_out"]})
+            r["val_r2"] = "" if r["val_r2"] is None else f"{r['val_r2']:.4f}"
         cols = (["id", "encoder", "digest", "val_r2", "size", "origin"] if group == "encoders" else
-                ["id", "source", "target", "encoders", "val_loss", "val_r2", "size", "origin"])
+                ["id", "source", "target", "encoders", *QUALITY.values(), "size", "origin"])
         typer.echo(_table(rows, cols))
 
     list_.__doc__ = f"""List the installed {group} (or those of a models folder with --models)."""
