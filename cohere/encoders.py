@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .artifacts import load_artifact, render_card, save_artifact
+from .scores import observed_r2
 from .errors import CohereError
 from .modalities import Modality, Preprocessor, registry
 
@@ -110,13 +111,8 @@ class Encoder:
     def feature_r2(self, df: pd.DataFrame, latents) -> float:
         """Feature-space R^2 of decode(latents) against the true table ``df`` over observed
         cells (variance weighted: 1 - SSE / SST around each feature's mean)."""
-        truth = self.target_features(df).to_numpy(np.float64)
-        recon = self.decode(np.asarray(latents)).to_numpy(np.float64)
-        obs = ~np.isnan(truth)
-        col_mean = np.nanmean(truth, axis=0)
-        sse = ((truth - recon) ** 2)[obs].sum()
-        sst = ((truth - col_mean) ** 2)[obs].sum()
-        return float(1.0 - sse / sst)
+        return observed_r2(self.target_features(df).to_numpy(np.float64),
+                           self.decode(np.asarray(latents)).to_numpy(np.float64))
 
     def reconstruction_r2(self, df: pd.DataFrame) -> float:
         """Feature-space R^2 of decode(encode(x)) over observed cells."""

@@ -68,6 +68,18 @@ def r2(y_true, y_pred) -> float:
     return float(r2_score(y, p, multioutput="variance_weighted"))
 
 
+def observed_r2(truth, pred) -> float:
+    """Variance-weighted R^2 of ``pred`` against ``truth`` (n, p) over the observed (non-NaN)
+    cells of ``truth``: 1 - SSE / SST around each column's observed mean. The feature-space
+    score (features may be missing; latents never are)."""
+    truth, pred = np.asarray(truth, np.float64), np.asarray(pred, np.float64)
+    if truth.shape != pred.shape:
+        raise CohereError(f"truth and prediction differ in shape: {truth.shape} vs {pred.shape}")
+    obs = ~np.isnan(truth)
+    sst = ((truth - np.nanmean(truth, axis=0)) ** 2)[obs].sum()
+    return float(1.0 - ((truth - pred) ** 2)[obs].sum() / sst)
+
+
 def calibrated_single_draw_r2(r2_of_mean: float) -> float:
     """The R^2 a single draw of a *calibrated* sampler has, given the R^2 of its posterior mean.
 

@@ -221,13 +221,6 @@ def reconstruction(data: EvalData, draws: int = 50, seed: int = 0, baselines: bo
 # ----------------------------------------------------------------------------- 1b. feature space
 
 
-def _feature_r2(truth: np.ndarray, pred: np.ndarray) -> float:
-    """Variance-weighted R^2 over observed cells (as :meth:`Encoder.feature_r2`)."""
-    obs = ~np.isnan(truth)
-    sst = ((truth - np.nanmean(truth, axis=0)) ** 2)[obs].sum()
-    return float(1.0 - ((truth - pred) ** 2)[obs].sum() / sst)
-
-
 def feature_space(data: EvalData, draws: int = 50, seed: int = 0, method: str = "coherent") -> pd.DataFrame:
     """What a user receives: decoded features against the real preprocessed ones.
 
@@ -247,7 +240,7 @@ def feature_space(data: EvalData, draws: int = 50, seed: int = 0, method: str = 
         enc = data.cache["encoders"][target]
         test_truth = enc.target_features(data.test_cohort.tables[target].loc[data.test_ids]).to_numpy(np.float64)
         y_lat = data.test[target].to_numpy()
-        ceiling = _feature_r2(test_truth, enc.decode(y_lat).to_numpy(np.float64))
+        ceiling = M.observed_r2(test_truth, enc.decode(y_lat).to_numpy(np.float64))
         others = [m for m in data.modalities if m != target]
         for have in nonempty_subsets(others):
             X, Y = data.train_pairs(have, target)
@@ -264,10 +257,10 @@ def feature_space(data: EvalData, draws: int = 50, seed: int = 0, method: str = 
             gen = data.generated(target, have, method, draws, seed)
             decoded = enc.decode(gen.mean(0)).to_numpy(np.float64)
             rows.append({"target": target, "conditions": label(have), "draws": draws,
-                         "decoded mean": _feature_r2(test_truth, decoded),
-                         "decoded mean + residual ridge": _feature_r2(test_truth, decoded + correction),
-                         "ridge -> features": _feature_r2(test_truth, direct),
-                         "ridge -> latent, decoded": _feature_r2(test_truth, enc.decode(lat).to_numpy(np.float64)),
+                         "decoded mean": M.observed_r2(test_truth, decoded),
+                         "decoded mean + residual ridge": M.observed_r2(test_truth, decoded + correction),
+                         "ridge -> features": M.observed_r2(test_truth, direct),
+                         "ridge -> latent, decoded": M.observed_r2(test_truth, enc.decode(lat).to_numpy(np.float64)),
                          "ceiling": ceiling, "features": test_truth.shape[1]})
     return pd.DataFrame(rows)
 

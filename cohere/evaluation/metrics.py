@@ -30,7 +30,8 @@ from sklearn.metrics import balanced_accuracy_score, f1_score
 
 from ..errors import CohereError
 from ..scores import (R2Runs, as_matrix, calibrated_coverage, calibrated_single_draw_r2, crps,  # noqa: F401  (re-exported)
-                      energy_score, interval_coverage, output_variance_pct, r2, r2_runs, rank_histogram)
+                      energy_score, interval_coverage, observed_r2, output_variance_pct, r2, r2_runs,
+                      rank_histogram)
 
 
 # rows of one block of a pairwise-distance matrix: blocks stay around 32 MB whatever n is
