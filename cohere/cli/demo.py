@@ -1,4 +1,4 @@
-"""``cohere demo``: the whole job on the embedded simulated cohort (4 to 9 minutes on 2 CPU cores)."""
+"""``cohere demo``: the whole job on the embedded simulated cohort (4 to 10 minutes on 2 CPU cores)."""
 
 from __future__ import annotations
 
