@@ -222,3 +222,21 @@ def test_cli_evaluate_and_prioritize(setup, tmp_path, capsys):
         main(["prioritize", "--modality", "rnaseq", "--cohort", str(root / "cohort"), "--models",
               str(root / "models"), "--task", "grade"])
     assert e.value.code == 1
+
+
+def test_the_reproduction_script_runs_on_a_models_folder(setup, tmp_path, monkeypatch):
+    """scripts/reproduce_paper.py end to end (its wiring: arguments, plan, report), on the tiny
+    models and the quick plan with the slow experiments skipped."""
+    import importlib.util
+    from pathlib import Path
+
+    root, _ = setup
+    path = Path(__file__).resolve().parents[1] / "scripts" / "reproduce_paper.py"
+    spec = importlib.util.spec_from_file_location("reproduce_paper", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "report"
+    assert script.main(["--cohort", str(root / "cohort"), "--models", str(root / "models"), "--quick", "--out",
+                        str(out), "--skip", "manifold,privacy,signal,downstream,counterfactual"]) == 0
+    text = (out / "report.md").read_text()
+    assert "1. Reconstruction" in text and "quick" in text and "6. Privacy" not in text
