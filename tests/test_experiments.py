@@ -137,6 +137,8 @@ def test_completion_and_table2_layout(data, forests):
     # multiple imputation: one pooled row per (removed, method), the forests' outputs averaged
     pooled = runs[runs.condition == "coherent (MI pooled)"]
     assert len(pooled) == 6 and "gain coherent (MI pooled)" in table.columns
+    # single imputation with the mean of the draws (what generate --aggregate writes)
+    assert len(runs[runs.condition == "coherent (mean of draws)"]) == 6 and "coherent (mean of draws)" in table.columns
 
 
 def test_pooled_scores_average_the_forests_outputs(data, forests):

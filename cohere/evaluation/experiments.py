@@ -573,8 +573,9 @@ def months(days) -> np.ndarray:
 def completion(data: EvalData, models: DownstreamModels, runs: int = 10, seed: int = 0,
                methods=("multi", "coherent")) -> pd.DataFrame:
     """For every non-empty set R of removed modalities: full, ablated (R missing), generated
-    (each modality of R generated from the remaining ones, draw k in run k; and "MI pooled":
-    the forests' predictions averaged over the K completed copies), mean- and KNN-imputed
+    (each modality of R generated from the remaining ones, draw k in run k; "MI pooled":
+    the forests' predictions averaged over the K completed copies; "mean of draws": completed
+    once with the mean of the K draws), mean- and KNN-imputed
     (from the remaining ones), and cancer type only. One row per (removed,
     condition, run) with stage macro F1 and OS C-index."""
     ids = data.test_ids
@@ -597,6 +598,9 @@ def completion(data: EvalData, models: DownstreamModels, runs: int = 10, seed: i
                 rows.append({"removed": label(removed), "condition": method, "run": run, **models.scores(X)})
             rows.append({"removed": label(removed), "condition": f"{method} (MI pooled)", "run": 0,
                          **models.scores(copies)})
+            mean = {**base, **{m: g[:runs].mean(0) for m, g in gens.items()}}  # what generate --aggregate writes
+            rows.append({"removed": label(removed), "condition": f"{method} (mean of draws)", "run": 0,
+                         **models.scores(models.features(mean, ids))})
         for name, imputer in (("mean-imputed", MeanImputer), ("knn-imputed", KNNRegressorImputer)):
             lat = dict(base)
             for m in removed:
@@ -620,8 +624,8 @@ def completion_table(per_run: pd.DataFrame) -> pd.DataFrame:
         for metric in ("stage_f1", "os_cindex"):
             row = {"removed": removed, "metric": metric, "full": full[metric], "ablated": abl[metric],
                    "drop": abl[metric] - full[metric]}
-            for cond in ("multi", "coherent", "multi (MI pooled)", "coherent (MI pooled)", "mean-imputed",
-                         "knn-imputed"):
+            for cond in ("multi", "coherent", "multi (MI pooled)", "coherent (MI pooled)", "multi (mean of draws)",
+                         "coherent (mean of draws)", "mean-imputed", "knn-imputed"):
                 if (removed, cond) in mean.index:
                     row[cond] = mean.loc[(removed, cond)][metric]
                     row[f"gain {cond}"] = mean.loc[(removed, cond)][metric] - abl[metric]

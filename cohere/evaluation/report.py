@@ -268,7 +268,8 @@ def downstream_section(per_run: pd.DataFrame, table: pd.DataFrame, out: Path, pl
             "the complete test patients with the modalities of *removed* deleted (ablated), generated "
             "(multi / coherent, from the remaining modalities; run k = draw k; *MI pooled*: the forests' "
             "class probabilities and risk scores averaged over the K completed copies, as multiple "
-            "imputation combines them) or imputed (training mean, KNN mean of 10 neighbours). " f"Forests: {forests}.", "",
+            "imputation combines them; *mean of draws*: completed once with the mean of the K draws, as "
+            "`generate --aggregate` writes it) or imputed (training mean, KNN mean of 10 neighbours). " f"Forests: {forests}.", "",
             markdown_table(flat), "", "Ablation drop (ablated − full) and gain of each completion (completed − "
             "ablated), means over runs:", "", markdown_table(table), ""]
     if plt is not None:
