@@ -216,13 +216,19 @@ class GenerationResult:
                            decode)
 
 
+def _values_frame(target: str, encoder: Encoder, x: np.ndarray, decode: bool) -> pd.DataFrame:
+    """Latent rows ``x`` (m, d) as columns ``<target>.zNN``, or decoded into the target's features."""
+    if decode:
+        return encoder.decode(x)
+    return pd.DataFrame(x, columns=[f"{target}.{c}" for c in latent_columns(x.shape[1])])
+
+
 def draws_frame(target: str, encoder: Encoder, samples: np.ndarray, values: np.ndarray, draw_ids: np.ndarray,
                 decode: bool) -> pd.DataFrame:
     """Rows (sample, draw) for ``values`` (k, r, d), the draws ``draw_ids`` (k,) of the
     patients ``samples`` (r,): latent columns, or the decoded features with ``decode``."""
     k, r, d = values.shape
-    flat = values.reshape(-1, d)
-    table = encoder.decode(flat) if decode else pd.DataFrame(flat, columns=[f"{target}.{c}" for c in latent_columns(d)])
+    table = _values_frame(target, encoder, values.reshape(-1, d), decode)
     table.insert(0, "sample", np.tile(samples, k))
     table.insert(1, "draw", np.repeat(np.asarray(draw_ids), r))
     return table
@@ -232,8 +238,7 @@ def aggregate_frame(target: str, encoder: Encoder, samples: pd.Index, mean: np.n
                     decode: bool) -> pd.DataFrame:
     """One row per patient: the mean of its draws (latents, or decoded), its acceptance and
     latent variance."""
-    d = mean.shape[1]
-    table = encoder.decode(mean) if decode else pd.DataFrame(mean, columns=[f"{target}.{c}" for c in latent_columns(d)])
+    table = _values_frame(target, encoder, mean, decode)
     table.insert(0, "sample", samples.to_numpy())
     for col in ("accepted", "latent_variance"):
         table[col] = diagnostics[col].to_numpy()

@@ -229,17 +229,17 @@ QUALITY = {"r2_mean": "r2_mean", "ridge_r2": "ridge_r2", "energy": "energy",
            "ridge_resboot_energy": "resboot_energy", "coverage90": "cov90"}
 
 
-def quality(metrics: dict) -> dict:
-    """The held-out quality columns of a model's metrics (empty strings where not recorded:
-    a model trained before they were)."""
-    held = (metrics or {}).get("held_out", {})
+def quality(held: dict | None) -> dict:
+    """The quality columns from a model's ``metrics["held_out"]`` (empty strings where not
+    recorded: a model trained before they were)."""
+    held = held or {}
     return {name: (f"{held[key]:.3f}" if isinstance(held.get(key), (int, float)) else "")
             for key, name in QUALITY.items()}
 
 
 def quality_line(metrics: dict) -> str:
     """``held-out: r2_mean=0.31 (ridge 0.26) energy=2.99 (resboot 3.23) cov90=0.86``, or ''."""
-    q = quality(metrics)
+    q = quality((metrics or {}).get("held_out"))
     if not q["r2_mean"]:
         return ""
     return (f"held-out: r2_mean={q['r2_mean']} (ridge {q['ridge_r2']})  energy={q['energy']} "

@@ -158,7 +158,7 @@ def list_(
                    f"--cohort DIR --models {models}'")
         return
     table = pd.DataFrame([{"id": r["id"], "kind": r["kind"], "n_train": r["n_train"],
-                           **quality({"held_out": r["held_out"]})} for r in rows])
+                           **quality(r["held_out"])} for r in rows])
     typer.echo(table.to_string(index=False))
     held = next((r["held_out"] for r in rows if r["held_out"]), None)
     if held:

@@ -119,7 +119,7 @@ def make_commands(group: str, folder_list=None) -> dict:
             if group == "experts":
                 r["encoders"] = ",".join(f"{m}:{d[:8]}" for m, d in r["encoders"].items())
                 r["source"] = r["source"] or "+".join(r["sources"])
-                r |= quality({"held_out": r["held_out"]})
+                r |= quality(r["held_out"])
             r["val_r2"] = "" if r["val_r2"] is None else f"{r['val_r2']:.4f}"
         cols = (["id", "encoder", "digest", "val_r2", "size", "origin"] if group == "encoders" else
                 ["id", "source", "target", "encoders", *QUALITY.values(), "size", "origin"])

@@ -124,11 +124,16 @@ class EvalData:
             self.timings[f"generate {method} {label(have)}->{target}"] = round(time.perf_counter() - t0, 2)
         return self.cache[key]
 
-    def train_pairs(self, have, target) -> tuple[np.ndarray, np.ndarray]:
-        """Training patients with all of ``have`` and ``target``: (X_cond, Y) for the baselines."""
+    def paired_ids(self, have, target) -> pd.Index:
+        """The training patients with all of ``have`` and ``target``."""
         ids = self.train[target].index
         for m in have:
             ids = ids.intersection(self.train[m].index)
+        return ids
+
+    def train_pairs(self, have, target) -> tuple[np.ndarray, np.ndarray]:
+        """Training patients with all of ``have`` and ``target``: (X_cond, Y) for the baselines."""
+        ids = self.paired_ids(have, target)
         X = np.hstack([self.train[m].loc[ids].to_numpy() for m in have])
         return X, self.train[target].loc[ids].to_numpy()
 
@@ -244,9 +249,7 @@ def feature_space(data: EvalData, draws: int = 50, seed: int = 0, method: str = 
         others = [m for m in data.modalities if m != target]
         for have in nonempty_subsets(others):
             X, Y = data.train_pairs(have, target)
-            ids = data.train[target].index
-            for m in have:
-                ids = ids.intersection(data.train[m].index)
+            ids = data.paired_ids(have, target)
             train_truth = enc.target_features(data.cohort.tables[target].loc[ids]).to_numpy(np.float64)
             filled = np.where(np.isnan(train_truth), np.nanmean(train_truth, axis=0), train_truth)
             Xt = data.test_matrix(have)
