@@ -23,6 +23,7 @@ from .artifacts import load_artifact, render_card, save_artifact
 from .scores import observed_r2
 from .errors import CohereError
 from .modalities import Modality, Preprocessor, registry
+from .modalities.base import DEFAULT_MIN_COVERAGE
 
 LATENT_DIM = 32
 
@@ -68,30 +69,48 @@ class Encoder:
 
     # -- use
 
-    def encode(self, df: pd.DataFrame) -> pd.DataFrame:
+    def encode(self, df: pd.DataFrame, min_coverage: float = DEFAULT_MIN_COVERAGE) -> pd.DataFrame:
         """Features -> standardised latents (n, latent_dim)."""
-        return self._latents(self.preprocessor_.transform(df), df.index)
+        return self._latents(self.preprocessor_.transform(df, min_coverage), df.index)
 
     def _latents(self, Z: np.ndarray, index) -> pd.DataFrame:
         H = (self._encode_core(Z) - self.latent_mean_) / self.latent_std_
         return pd.DataFrame(H.astype(np.float32), index=index, columns=latent_columns(self.latent_dim))
 
-    def encode_cohort(self, cohort, ids=None) -> pd.DataFrame:
+    def encode_cohort(self, cohort, ids=None, min_coverage: float = DEFAULT_MIN_COVERAGE) -> pd.DataFrame:
         """Latents of ``cohort``'s table of this modality (the rows ``ids`` if given, in that
-        order), refusing a table that the cohort declares (cohort.json or ``--input-form``) in
-        another input form than the one this encoder was trained on.
+        order). A table that the cohort declares (cohort.json or ``--input-form``) in another
+        input form than the encoder's is converted over the whole cohort when the modality
+        knows how (:meth:`Modality.convert`, e.g. log2 counts to z-scores within each cancer
+        type), else refused. A table covering less than ``min_coverage`` of the encoder's
+        features is refused.
 
-        Records what it imputed (absent features, missing values) as ``self.imputation_``
-        (a :class:`~cohere.modalities.Imputation`; its ``note()`` is the line to show the user).
+        Records what it imputed or converted as ``self.imputation_`` (a
+        :class:`~cohere.modalities.Imputation`; its ``note()`` is the line to show the user).
         """
         m = self.modality.name
-        declared = cohort.input_forms.get(m)
-        if declared is not None and declared != self.preprocessor_.form:
-            raise CohereError(f"{m}: the cohort says input form {declared!r} but the encoder was trained on "
-                              f"{self.preprocessor_.form!r}; re-train the encoder or convert the table")
-        table = cohort.tables[m] if ids is None else cohort.tables[m].loc[ids]
-        Z, self.imputation_ = self.preprocessor_.transform_recorded(table)
+        table = cohort.tables[m]
+        declared, trained = cohort.input_forms.get(m), self.preprocessor_.form
+        converted = ""
+        if declared is not None and declared != trained:
+            table, converted = self._convert(cohort, table, declared, trained)
+        if ids is not None:
+            table = table.loc[ids]
+        Z, self.imputation_ = self.preprocessor_.transform_recorded(table, min_coverage, converted)
         return self._latents(Z, table.index)
+
+    def _convert(self, cohort, table: pd.DataFrame, declared: str, trained: str) -> tuple[pd.DataFrame, str]:
+        """The whole table converted from ``declared`` to the encoder's form, and the note."""
+        mod = self.modality
+        if (declared, trained) not in mod.conversions:
+            raise CohereError(mod.form_mismatch(declared, trained))
+        groups = np.zeros(len(table), dtype=object)
+        clinical = cohort.clinical
+        if clinical is not None and "cancer_type" in clinical.columns:
+            groups = clinical["cancer_type"].reindex(table.index).fillna("").astype(str).to_numpy()
+        X = mod.convert(table.to_numpy(np.float64), declared, trained, groups)
+        return (pd.DataFrame(X, index=table.index, columns=table.columns),
+                f"converted from {declared!r} to the encoder's {trained!r}: {mod.conversions[(declared, trained)]}")
 
     def decode(self, latents) -> pd.DataFrame:
         """Standardised latents -> features on the modelled scale (``output_units``)."""
@@ -161,8 +180,9 @@ def load_encoder(folder: str | os.PathLike, modality: Modality | None = None) ->
     pre = Preprocessor.from_state(modality, cfg["preprocessing"], {
         k.split(".", 1)[1]: v for k, v in art.tensors.items() if k.startswith("preprocess.")})
     n_proto = art.tensors["preprocess.prototypes"].shape[0] if "preprocess.prototypes" in art.tensors else None
+    rank = art.tensors["preprocess.ppca_loadings"].shape[0] if "preprocess.ppca_loadings" in art.tensors else None
     d = len(pre.features_)
-    shapes = {f"preprocess.{k}": s for k, s in pre.tensor_shapes(n_proto).items()}
+    shapes = {f"preprocess.{k}": s for k, s in pre.tensor_shapes(n_proto, rank).items()}
     shapes |= {f"{enc.kind}.{k}": s for k, s in enc._core_shapes(d).items()}
     shapes |= {"latent.mean": (enc.latent_dim,), "latent.std": (enc.latent_dim,)}
     art.expect(shapes)

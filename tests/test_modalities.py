@@ -126,11 +126,13 @@ def test_the_record_counts_absent_features_and_missing_values(real):
     assert rec.absent == pre.features_[2:5] and rec.missing_cells == 20 and rec.n_samples == 40
     assert rec.per_sample.tolist() == [5] * 10 + [3] * 30 and rec.per_sample.index.equals(holed.index)
     assert np.allclose(rec.fraction_per_sample.iloc[0], 5 / n)
-    assert rec.note() == (f"rppa: 3 of the encoder's {n} features are absent from the table and were imputed "
+    assert rec.note() == (f"rppa: 3 of the encoder's {n} features are absent from the table (coverage "
+                          f"{1 - 3 / n:.0%}) and were imputed from the present ones (PPCA conditional mean) "
                           f"for all 40 samples (first: {', '.join(pre.features_[2:5])}); 20 missing values of "
                           f"the {n - 3} present features ({20 / (40 * (n - 3)):.1%}) were imputed")
     assert rec.to_dict() == {"features": n, "absent": 3, "absent_features": pre.features_[2:5],
-                             "samples": 40, "missing_cells": 20}
+                             "coverage": round(1 - 3 / n, 4), "samples": 40, "missing_cells": 20,
+                             "method": "ppca", "renamed": 0, "converted": ""}
     assert np.isfinite(X).all()
     _, rec = pre.transform_recorded(complete.drop(columns=pre.features_[:5]))
     assert rec.note().startswith(f"rppa: 5 of the encoder's {n} features") and "(first: " in rec.note()
