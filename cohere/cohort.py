@@ -8,6 +8,8 @@ On disk a cohort is a folder::
     split.csv                           optional: split = train | val | test
     cohort.json                         optional: {"input_forms": {"cna": "absolute", ...}}
 
+or a MuData ``.h5mu`` file with one mod per modality (:mod:`cohere.scverse`).
+
 A sample lacks a modality when its row is absent from that table or entirely NaN. Sample
 ids are text exactly as written, in every file (:func:`sample_ids`); every file is read by
 :func:`read_frame`. Everything read is validated; problems raise ``CohereError`` with one line that says what
@@ -180,13 +182,25 @@ def validate_table(df: pd.DataFrame, name: str) -> pd.DataFrame:
 
 
 def _read_clinical(path: Path) -> pd.DataFrame:
-    df = read_frame(path)
+    return check_clinical(read_frame(path), path.name)
+
+
+def check_clinical(df: pd.DataFrame, name: str) -> pd.DataFrame:
+    """Check the clinical columns cohere reads (os_time, os_event, age); return ``df``."""
     for col in ("os_time", "os_event", "age"):
         if col in df and not pd.api.types.is_numeric_dtype(df[col]):
-            raise CohereError(f"{path.name}: column {col!r} must be numeric")
+            raise CohereError(f"{name}: column {col!r} must be numeric")
     if "os_event" in df and not df["os_event"].dropna().isin([0, 1]).all():
-        raise CohereError(f"{path.name}: os_event must be 0 (censored) or 1 (event)")
+        raise CohereError(f"{name}: os_event must be 0 (censored) or 1 (event)")
     return df
+
+
+def check_split(labels: pd.Series, name: str) -> pd.Series:
+    """Every split label is one of train, val, test; return ``labels``."""
+    bad = set(labels.unique()) - set(SPLITS)
+    if bad:
+        raise CohereError(f"{name}: unknown split {sorted(bad)[0]!r}; expected one of {', '.join(SPLITS)}")
+    return labels
 
 
 def _read_split(path: Path) -> pd.Series:
@@ -250,22 +264,25 @@ class Cohort:
             if not self.split.index.isin(self.samples()).any():
                 raise CohereError("split.csv: none of its sample ids matches a sample of the "
                                   "modality tables; the first column must hold the same ids")
-            bad = set(self.split.unique()) - set(SPLITS)
-            if bad:
-                raise CohereError(f"split.csv: unknown split {sorted(bad)[0]!r}; expected one of "
-                                  f"{', '.join(SPLITS)}")
+            check_split(self.split, "split.csv")
 
     # -- reading / writing
 
     @classmethod
     def read(cls, path: str | os.PathLike, modalities: list[str] | None = None,
              known: list[str] | None = None, split: bool = True) -> "Cohort":
-        """Read a cohort folder. ``known`` are the registered modality names; ``split=False``
-        ignores split.csv (a held-out test cohort, whose every patient is a test patient)."""
+        """Read a cohort folder, or a MuData ``.h5mu`` file (:func:`cohere.scverse.read_h5mu`).
+        ``known`` are the registered modality names; ``split=False`` ignores split.csv (a
+        held-out test cohort, whose every patient is a test patient)."""
         path = Path(path)
+        if path.is_file() and path.suffix == ".h5mu":
+            from .scverse import read_h5mu
+
+            return read_h5mu(path, modalities=modalities, known=known, split=split)
         if not path.is_dir():
-            raise CohereError(f"cohort folder {str(path)!r} does not exist; expected a folder "
-                              "with one table per modality (e.g. cna.parquet, rnaseq.csv)")
+            what = "is a file" if path.exists() else "does not exist"
+            raise CohereError(f"cohort {str(path)!r} {what}; expected a folder with one table per "
+                              "modality (e.g. cna.parquet, rnaseq.csv) or an .h5mu file")
         if known is None:
             known = registry.names()
         files: dict[str, Path] = {}
@@ -305,8 +322,13 @@ class Cohort:
         return cohort
 
     def write(self, path: str | os.PathLike) -> Path:
-        """Write the cohort folder (Parquet tables, CSV clinical/split, cohort.json)."""
+        """Write the cohort folder (Parquet tables, CSV clinical/split, cohort.json), or a
+        MuData file when ``path`` ends with ``.h5mu`` (:func:`cohere.scverse.write_h5mu`)."""
         path = Path(path)
+        if path.suffix == ".h5mu":
+            from .scverse import write_h5mu
+
+            return write_h5mu(self, path)
         path.mkdir(parents=True, exist_ok=True)
         for m, df in self.tables.items():
             df.to_parquet(path / f"{m}.parquet")

@@ -154,8 +154,9 @@ class Encoder:
         tensors |= {f"{self.kind}.{k}": v for k, v in self._core_tensors().items()}
         tensors["latent.mean"] = torch.as_tensor(self.latent_mean_)
         tensors["latent.std"] = torch.as_tensor(self.latent_std_)
+        rank = pre.state_["ppca_loadings"].shape[0] if "ppca_loadings" in pre.state_ else None
         card = render_card("encoder.md.j2", config=config, n_features=len(pre.features_),
-                           form_description=self.modality.input_forms[pre.form])
+                           form_description=self.modality.input_forms[pre.form], ppca_rank=rank)
         self.digest = save_artifact(folder, config, tensors, card)
         self.config, self.path = save_config_view(config, self.digest), Path(folder)
         return self.digest

@@ -29,6 +29,7 @@ from .encoders import Encoder, latent_columns, load_encoder
 from .errors import CohereError
 from .experts import Expert, MultiConditionModel, list_models, load_model
 from .modalities import Imputation, registry
+from .modalities.base import DEFAULT_MIN_COVERAGE
 from .sampling import CONSENSUS, METHODS, VARIANCES, Generation, generate
 
 WEIGHTINGS = ("inverse", "softmax", "uniform")
@@ -54,6 +55,7 @@ class ModelSource:
     encoder_folders: dict[str, Path]
     model_folders: dict[str, Path]
     hint: str
+    expected: dict = field(default_factory=dict)   # folder -> {file: sha256} to check before loading (None: refuse)
 
     @classmethod
     def folder(cls, models: str | os.PathLike) -> "ModelSource":
@@ -70,17 +72,59 @@ class ModelSource:
         return cls(f"the store {s.home}", dict(s.encoders()), dict(s.experts()),
                    "cohere experts add ID")
 
+    @classmethod
+    def installed(cls) -> "ModelSource":
+        """Everything installed: the store's artifacts and those that plugins register
+        (pip packages such as cohere-tcga-pancan). Before loading, every file is checked
+        against its recorded sha256: the store's manifest, or the registry index entry of
+        the package that ships it (an artifact of a package without one is refused)."""
+        from . import hub, plugins
+        from .store import GROUPS, Store
+
+        store = Store()
+        expected: dict[Path, dict | None] = {store.home / e["folder"]: dict(e["files"])
+                                             for g in GROUPS for e in store.entries(g)}
+        entries = {(e["id"], e["package"]): e for e in hub.load_index() if "package" in e}
+        found = {"register_encoders": plugins.encoders(), "register_experts": plugins.experts()}
+        for hook, folders in found.items():
+            for art_id, plugin in plugins.owners(hook).items():
+                if plugin != "cohere.store":
+                    entry = entries.get((art_id, plugins.distribution(plugin)))
+                    expected[Path(folders[art_id])] = None if entry is None else dict(entry["files"])
+        return cls("the installed models (store and plugins)", found["register_encoders"],
+                   found["register_experts"], "cohere experts add ID", expected)
+
+    def _checked(self, folder: Path) -> Path:
+        """``folder``, once its files match the recorded sha256 (if any are recorded)."""
+        folder = Path(folder)
+        if folder not in self.expected:
+            return folder
+        files = self.expected[folder]
+        if files is None:
+            raise CohereError(f"{folder}: a plugin registers this artifact but the registry index has no entry "
+                              "with the sha256 of its files; add its entry to the index (COHERE_REGISTRY) or "
+                              "install it into the store with 'cohere experts add ID --from FOLDER'")
+        from .artifacts import sha256_file
+
+        for name, digest in sorted(files.items()):
+            path = folder / name
+            if not path.is_file() or sha256_file(path) != digest:
+                state = "is missing" if not path.is_file() else "changed since it was built"
+                raise CohereError(f"{path} {state} (expected sha256 {digest[:12]}); reinstall the package or "
+                                  "the artifact")
+        return folder
+
     def encoder(self, modality: str) -> Encoder:
         if modality not in self.encoder_folders:
             raise CohereError(f"no {modality!r} encoder in {self.name}; train or install it first "
                               f"(have: {', '.join(self.encoder_folders) or 'none'})")
-        return load_encoder(self.encoder_folders[modality])
+        return load_encoder(self._checked(self.encoder_folders[modality]))
 
     def model(self, model_id: str, encoders: dict[str, Encoder]):
         if model_id not in self.model_folders:
             raise CohereError(f"no model {model_id!r} in {self.name}; get it with "
                               f"'{self.hint.replace('ID', model_id)}'")
-        return load_model(self.model_folders[model_id], encoders)
+        return load_model(self._checked(self.model_folders[model_id]), encoders)
 
 
 # ---------------------------------------------------------------- weights
@@ -361,6 +405,7 @@ def prepare_generation(
     clip: bool = True,
     consensus: str = DEFAULT_CONSENSUS,
     variance: str = DEFAULT_VARIANCE,
+    min_coverage: float = DEFAULT_MIN_COVERAGE,
 ) -> GenerationJob:
     """Check everything, encode the conditions and load the models of a generation of
     ``target`` for every patient that has all of ``have`` (or ``patients``); nothing is
@@ -399,7 +444,7 @@ def prepare_generation(
             ids = pd.Index(list(dict.fromkeys(patients)), name="sample")
         if len(ids) == 0:
             raise CohereError(f"no patient has all of {', '.join(have)}")
-        conds = {m: torch.tensor(encoders[m].encode_cohort(cohort, ids).to_numpy())
+        conds = {m: torch.tensor(encoders[m].encode_cohort(cohort, ids, min_coverage).to_numpy())
                  for m in have}
         imputation = {m: encoders[m].imputation_ for m in have}
     else:
@@ -457,6 +502,8 @@ def generate_missing(cohort: Cohort, target: str, have: list[str], source: Model
     :mod:`cohere.sampling`). ``variance`` (the DDIM sampler): "analytic", the optimal reverse
     variance from the models' recorded noise-prediction errors, or "fixed", DDIM's own (too
     narrow at few steps). ``threshold``, ``fraction``, ``attempts``: coherence rejection.
+    ``min_coverage``: a condition table must have at least this share of its encoder's
+    features (the rest are imputed from them; see :class:`cohere.modalities.Preprocessor`).
     ``PAPER_MODE`` holds the options of the paper's exact method.
     """
     job = prepare_generation(cohort, target, have, source, method, patients, **options)

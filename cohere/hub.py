@@ -269,6 +269,18 @@ def push(folder: str | os.PathLike, repo: str, *, endpoint: str | None = None, t
 def registry_entry(config: dict, repo: str, sha: str, files: dict, revision: str | None = None,
                    license: str | None = None) -> dict:
     """The registry index entry of a published artifact (validated against the schema)."""
+    where = {"repo": repo, **({"revision": revision} if revision else {}), "sha": sha}
+    return _entry(config, where, files, license)
+
+
+def package_entry(config: dict, package: str, version: str, path: str, files: dict,
+                  license: str | None = None) -> dict:
+    """The registry index entry of an artifact shipped in a pip package (folder ``path``
+    inside its ``artifacts/``), validated against the schema."""
+    return _entry(config, {"package": package, "version": version, "path": path}, files, license)
+
+
+def _entry(config: dict, where: dict, files: dict, license: str | None) -> dict:
     kind = config["kind"]
     if kind == "encoder":
         modalities = [config["modality"]]
@@ -279,11 +291,9 @@ def registry_entry(config: dict, repo: str, sha: str, files: dict, revision: str
     metrics = {k: v for k, v in sorted((config.get("metrics") or {}).items())
                if isinstance(v, (int, float)) and not isinstance(v, bool)}
     training = config.get("training") or {}
-    entry = {"id": config["id"], "kind": kind, "modalities": modalities, "repo": repo}
-    if revision:
-        entry["revision"] = revision
-    entry |= {"sha": sha, "files": dict(sorted(files.items())), "encoders": encoders, "metrics": metrics,
-              "license": license or config.get("license") or "cc-by-4.0"}
+    entry = {"id": config["id"], "kind": kind, "modalities": modalities, **where,
+             "files": dict(sorted(files.items())), "encoders": encoders, "metrics": metrics,
+             "license": license or config.get("license") or "cc-by-4.0"}
     if training.get("description"):
         entry["description"] = str(training["description"])
     validate_entry(entry)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.metadata
+import json
 import os
 import re
 import sys
@@ -175,6 +176,11 @@ def _info(plugin_name: str) -> PluginInfo:
     return _plugins.get(plugin_name) or PluginInfo(plugin_name, "")
 
 
+def distribution(plugin_name: str) -> str:
+    """The distribution (pip package) that a loaded plugin comes from (its module for default ones)."""
+    return _info(plugin_name).name
+
+
 def register_commands(app) -> None:
     """Let every plugin add commands to ``app``; a plugin whose hook fails is skipped."""
     pm = plugin_manager()
@@ -206,6 +212,8 @@ def _collect(hook: str, what: str, check) -> dict:
         registered += _run_plugin(_info(impl.plugin_name), f"failed in {hook}", _registrations, impl, check) or []
     found: dict = {}
     for key, value, plugin in sorted(registered, key=lambda r: (r[0], r[2])):
+        if key in found and _same_artifact(found[key][0], value):
+            continue          # e.g. a package's artifact also installed into the store: one artifact
         if key in found:
             other = found[key][1]
             who = f"by {other!r} and by {plugin!r}" if other != plugin else f"twice by {plugin!r}"
@@ -213,6 +221,17 @@ def _collect(hook: str, what: str, check) -> dict:
                               "(COHERE_LOAD_PLUGINS=name,... loads only the named plugins)")
         found[key] = (value, plugin)
     return {k: found[k] for k in sorted(found)}
+
+
+def _same_artifact(a, b) -> bool:
+    """Two registered folders hold the same artifact (the same recorded weights digest)."""
+    if not isinstance(a, Path) or not isinstance(b, Path):
+        return False
+    try:
+        digests = [json.loads((p / "config.json").read_text()).get("files", {}).get("model.safetensors") for p in (a, b)]
+    except (OSError, ValueError):
+        return False
+    return digests[0] is not None and digests[0] == digests[1]
 
 
 def _check_modality(args, plugin):

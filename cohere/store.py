@@ -299,6 +299,11 @@ class Store:
             files[name] = sha256_file(folder / name)
         expected = origin.pop("expected_files", None)
         for name, want in (expected or {}).items():
+            if files.get(name) != want and "package" in origin:
+                raise CohereError(f"{art_id}: {name} of the package {origin['package']} has sha256 "
+                                  f"{files.get(name, '')[:12]}... but the registry records {want[:12]}...; "
+                                  f"refusing it (reinstall the package: pip install --force-reinstall "
+                                  f"{origin['package']})")
             if files.get(name) != want:
                 raise CohereError(f"{art_id}: {name} from {origin['repo']}@{origin['sha'][:12]} has sha256 "
                                   f"{files.get(name, '')[:12]}... but the registry records {want[:12]}...; "
@@ -352,6 +357,9 @@ class Store:
             raise CohereError(f"{art_id!r} has {len(found)} registry entries ({options}); choose one with "
                               f"--from REPO@SHA")
         e = found[0]
+        if "package" in e:
+            return {"origin": "path", "path": str(_package_folder(group, e)), "package": e["package"],
+                    "folder": _package_folder(group, e), "registry": True, "expected_files": dict(e["files"])}
         return {"origin": "hub", "repo": e["repo"], "revision": e.get("revision") or e["sha"], "sha": e["sha"],
                 "registry": True, "expected_files": dict(e["files"])}
 
@@ -400,6 +408,8 @@ class Store:
             e = hub.find_encoder(modality, digest)
         except CohereError:
             e = None
+        if e is not None and "package" in e:
+            return f"cohere encoders add {modality}"      # resolved through the registry to the package
         if e is not None:
             return f"cohere encoders add {modality} --from {e['repo']}@{e['sha']}"
         if origin and origin.get("origin") == "path":
@@ -497,6 +507,21 @@ class Store:
         """Bytes of the installed files (0 for missing ones)."""
         folder = self._folder_of(entry)
         return sum((folder / n).stat().st_size for n in entry["files"] if (folder / n).is_file())
+
+
+def _package_folder(group: str, entry: dict) -> Path:
+    """The folder of a registry entry's artifact inside its installed pip package (found
+    through the plugin that the package registers it with)."""
+    from . import plugins
+
+    hook = "register_encoders" if group == "encoders" else "register_experts"
+    folders = plugins.encoders() if group == "encoders" else plugins.experts()
+    for art_id, plugin in plugins.owners(hook).items():
+        if art_id == entry["id"] and plugins.distribution(plugin) == entry["package"]:
+            return Path(folders[art_id])
+    raise CohereError(f"{entry['id']!r} ships with the package {entry['package']} {entry['version']}, which is not "
+                      f"installed (or not loaded: COHERE_LOAD_PLUGINS); install it with 'pip install "
+                      f"{entry['package']}=={entry['version']}'")
 
 
 # ---------------------------------------------------------------- the store as a default plugin

@@ -23,7 +23,9 @@ in any artifact), so the same cohort and cohere version give the same files:
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -31,8 +33,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "plugins" / "cohere-tcga-pancan"
+DIST = "cohere-tcga-pancan"
 MODALITIES = ("cna", "rnaseq", "rppa")
 SEED = 0
+DRAWS = 50
+LICENSE = "cc-by-4.0"
 
 
 def model_ids() -> list[str]:
@@ -77,6 +82,91 @@ def train(cohort: Path, work: Path, jobs: int) -> None:
     print(f"experts: {len(todo)} trained in {jobs} processes ({time.perf_counter() - t0:.0f} s in all)", flush=True)
 
 
+def validation(cohort: Path, work: Path) -> dict:
+    """Per model: scores on the complete val patients (K = DRAWS) beside ridge and resboot
+    from the same conditions, fitted on train; per encoder: its recorded reconstruction R^2."""
+    import torch
+
+    from cohere.evaluation.baselines import ResidualBootstrapSampler, RidgeImputer
+    from cohere.evaluation.experiments import EvalData, score_draws
+    from cohere.evaluation.metrics import r2
+
+    torch.set_num_threads(1)
+    data = EvalData.load(cohort, work, list(MODALITIES))
+    out = {}
+    for model_id in model_ids():
+        source, target = model_id.split("->")
+        have = tuple(m for m in MODALITIES if m != target) if source == "multi" else (source,)
+        method = "multi" if source == "multi" else "coherent"
+        y = data.test[target].to_numpy()
+        s = score_draws(y, data.generated(target, have, method, DRAWS, SEED))
+        X, Y = data.train_pairs(have, target)
+        Xt = data.test_matrix(have)
+        resboot = ResidualBootstrapSampler().fit(X, Y).sample(Xt, n_draws=DRAWS, seed=SEED)
+        out[model_id] = {"conditions": "+".join(have), "target": target, "draws": DRAWS,
+                         "r2_of_mean": round(s["r2_of_mean"], 3), "energy_score": round(s["energy_score"], 3),
+                         "cov90": round(s["cov90"], 3), "cov90_calibrated": round(s["cov90_calibrated"], 3),
+                         "ridge_r2": round(r2(y, RidgeImputer().fit(X, Y).predict(Xt)), 3),
+                         "resboot_energy": round(score_draws(y, resboot)["energy_score"], 3)}
+        print(f"{model_id}: val {out[model_id]}", flush=True)
+    return out, data
+
+
+def package(cohort: Path, work: Path, pkg: Path) -> None:
+    """Stage 2: the package's artifacts/ (files copied byte for byte, cards completed), its
+    artifacts/index.json, and the registry entries (source = the package)."""
+    from cohere import __version__
+    from cohere.artifacts import CARD, CONFIG, WEIGHTS, read_config, render_card, sha256_file
+    from cohere.atomic import writing
+    from cohere.hub import package_entry
+    from cohere.modalities import registry
+
+    version = _package_version(pkg)
+    val, data = validation(cohort, work)
+    clinical = data.clinical
+    artifacts, entries = [], []
+    with writing(pkg / "cohere_tcga_pancan" / "artifacts", folder=True) as tmp:
+        for group, art_id in [("encoders", m) for m in MODALITIES] + [("experts", i) for i in model_ids()]:
+            src = work / group / (art_id if group == "encoders" else folder_of(art_id))
+            config = read_config(src)
+            rel = f"{group}/{src.name}"
+            dst = tmp / rel
+            dst.mkdir(parents=True)
+            for name in (CONFIG, WEIGHTS):
+                shutil.copyfile(src / name, dst / name)
+            mods = [config["modality"]] if config["kind"] == "encoder" else [*config["sources"], config["target"]]
+            with_all = data.train[mods[0]].index
+            for m in mods[1:]:
+                with_all = with_all.intersection(data.train[m].index)
+            n_train = int(config.get("n_train") or config.get("training", {}).get("n_train") or len(with_all))
+            types = sorted(clinical.loc[with_all, "cancer_type"].dropna().astype(str).unique())
+            forms = {m: read_config(work / "encoders" / m)["preprocessing"]["input_form"] for m in mods}
+            conversions = {m: [f"`{a}` ({how})" for (a, b), how in registry.get(m).conversions.items()
+                               if b == forms[m]] for m in mods}
+            score = ({"train_r2": config["metrics"].get("train_r2"), "val_r2": config["metrics"].get("val_r2")}
+                     if config["kind"] == "encoder" else val[art_id])
+            extra = render_card("pretrained.md.j2", package=DIST, version=version, kind=config["kind"],
+                                n_train=n_train, modalities_text=" and ".join(mods), cancer_types=types,
+                                forms=forms, conversions=conversions, n_val=len(data.test_ids), val=score)
+            (dst / CARD).write_text((src / CARD).read_text().rstrip("\n") + "\n" + extra)
+            files = {n: sha256_file(dst / n) for n in (CONFIG, WEIGHTS, CARD)}
+            entries.append(package_entry(config, DIST, version, rel, files, LICENSE))
+            artifacts.append({"id": art_id, "kind": config["kind"], "path": rel})
+        (tmp / "index.json").write_text(json.dumps({"package": DIST, "version": version, "cohere": __version__,
+                                                    "artifacts": artifacts}, indent=2) + "\n")
+    index_file = ROOT / "registry" / "index.json"
+    index = json.loads(index_file.read_text())
+    index["entries"] = [e for e in index["entries"] if e.get("package") != DIST] + entries
+    index_file.write_text(json.dumps(index, indent=2) + "\n")
+    print(f"packaged {len(artifacts)} artifacts into {pkg} and {len(entries)} registry entries into {index_file}")
+
+
+def _package_version(pkg: Path) -> str:
+    import tomllib
+
+    return tomllib.loads((pkg / "pyproject.toml").read_text())["project"]["version"]
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cohort", type=Path, required=True)
@@ -88,8 +178,6 @@ def main(argv=None) -> None:
     if a.stage in ("all", "train"):
         train(a.cohort, a.work, a.jobs)
     if a.stage in ("all", "package"):
-        from _pretrained_package import package   # the package stage (scripts/_pretrained_package.py)
-
         package(a.cohort, a.work, a.package)
 
 

@@ -45,6 +45,35 @@ def sim():
     return simulate_cohort(n_patients=400, seed=3)
 
 
+TINY_MODS = ["cna", "rnaseq", "rppa"]
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """(root, cohort): a simulated cohort of 1,000 patients (root/cohort) and tiny encoders
+    plus the 9 models trained on it (root/models). Trained once per test session: the xdist
+    workers share one folder under a file lock. Tests must not write into it."""
+    from filelock import FileLock
+
+    from cohere.simulate import simulate_cohort
+
+    cohort, _ = simulate_cohort(n_patients=1000, seed=3, features={"cna": 60, "rnaseq": 60, "rppa": 40, "wsi": 0})
+    shared = tmp_path_factory.getbasetemp().parent
+    root = shared / "tiny-models"
+    with FileLock(str(shared / "tiny-models.lock")):
+        if not (root / "done").exists():
+            from cohere.diffusion.train import TrainConfig
+            from cohere.evaluation.pipeline import train_models
+
+            config = TrainConfig(steps=300, eval_every=100, batch_size=128, hidden=64, layers=2, time_dim=16,
+                                 val_steps=5, ema_decay=0.95)
+            cohort.write(root / "cohort")
+            train_models(cohort, root / "models", TINY_MODS, config, {"max_epochs": 5, "hidden": (64,)},
+                         log=lambda s: None)
+            (root / "done").write_text("")
+    return root, cohort
+
+
 @pytest.fixture(params=[0o022, 0o027, 0o077])
 def umask(request):
     """Run the test under each of these umasks (restored afterwards)."""

@@ -12,21 +12,8 @@ MODS = ["cna", "rnaseq", "rppa"]
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    import torch
-
-    from cohere.diffusion.train import TrainConfig
-    from cohere.evaluation.pipeline import train_models
-    from cohere.simulate import simulate_cohort
-
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("eval")
-    cohort, _ = simulate_cohort(n_patients=1000, seed=3, features={"cna": 60, "rnaseq": 60, "rppa": 40, "wsi": 0})
-    cohort.write(root / "cohort")
-    config = TrainConfig(steps=300, eval_every=100, batch_size=128, hidden=64, layers=2, time_dim=16,
-                         val_steps=5, ema_decay=0.95)
-    train_models(cohort, root / "models", MODS, config, {"max_epochs": 5, "hidden": (64,)}, log=lambda s: None)
-    return root, cohort
+def setup(tiny):
+    return tiny
 
 
 @pytest.fixture(scope="module")

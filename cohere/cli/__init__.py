@@ -27,13 +27,14 @@ Worked example (the embedded simulated cohort, then your own):
 
 
 def make_app() -> typer.Typer:
-    from . import demo, encoders, evaluate, experts, generate, plugins, store
+    from . import complete, demo, encoders, evaluate, experts, generate, plugins, store
 
     app = typer.Typer(help=HELP, no_args_is_help=True, add_completion=False,
                       pretty_exceptions_enable=False, rich_markup_mode=None)
     encoders.register(app)
     experts.register(app)
     generate.register(app)
+    complete.register(app)
     demo.register(app)
     store.register(app)  # add/list/info/remove/push in the encoders and experts groups
     evaluate.register(app)

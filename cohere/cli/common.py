@@ -38,9 +38,9 @@ def read_cohort(path: Path, modalities: list[str] | None = None, forms: dict | N
     from ..cohort import Cohort
 
     cohort = Cohort.read(path, modalities=modalities)
-    for name in cohort.ignored:
-        typer.echo(f"note: ignoring {name} (no installed plugin provides modality "
-                   f"{Path(name).stem!r})", err=True)
+    for name in cohort.ignored:       # a table file name, or "mod 'x'" of an .h5mu file
+        modality = name[5:-1] if name.startswith("mod '") else Path(name).stem
+        typer.echo(f"note: ignoring {name} (no installed plugin provides modality {modality!r})", err=True)
     for m, f in (forms or {}).items():
         if m not in cohort.tables:
             raise CohereError(f"--input-form names {m!r}, but the cohort has no {m!r} table")
@@ -102,18 +102,21 @@ def check_paths(*, cohort: Path | None = None, inputs: dict[str, Path | None] | 
                 folders: dict[str, Path | None] | None = None) -> None:
     """Refuse, before any work starts, a path that the command could not use.
 
-    ``cohort`` and ``inputs`` ({flag: folder}) must be existing folders. ``tables`` ({flag:
-    output table}) need a .parquet, .csv or .tsv name and must not be an existing folder, the
-    same file as another output, or a file that cohere reads from ``cohort`` (its modality
-    tables, clinical.csv, split.csv, cohort.json: never overwrite the input). ``folders``
-    ({flag: output folder}) must not be a file or the cohort folder itself. Every output needs
-    a writable folder above it. ``None`` values (options not given) are skipped.
+    ``cohort`` must be an existing folder or .h5mu file, ``inputs`` ({flag: folder}) existing
+    folders. ``tables`` ({flag: output table}) need a .parquet, .csv or .tsv name and must not
+    be an existing folder, the same file as another output, or a file that cohere reads from
+    ``cohort`` (its modality tables, clinical.csv, split.csv, cohort.json, or the .h5mu file:
+    never overwrite the input). ``folders`` ({flag: output folder}) must not be a file or the
+    cohort folder itself. Every output needs a writable folder above it. ``None`` values
+    (options not given) are skipped.
     """
     ins = {"--cohort": cohort, **(inputs or {})}
     for flag, path in ins.items():
-        if path is not None and not Path(path).is_dir():
-            what = "exists but is not a folder" if Path(path).exists() else "does not exist"
-            raise CohereError(f"{flag} {str(path)!r} {what}; expected a folder")
+        h5mu = flag == "--cohort"  # the cohort may also be one MuData file
+        if path is None or Path(path).is_dir() or (h5mu and Path(path).suffix == ".h5mu" and Path(path).is_file()):
+            continue
+        what = "exists but is not a folder" if Path(path).exists() else "does not exist"
+        raise CohereError(f"{flag} {str(path)!r} {what}; expected a folder" + (" or an .h5mu file" if h5mu else ""))
     seen: dict[Path, str] = {}
     outs = {flag: (Path(p), "table") for flag, p in (tables or {}).items() if p is not None}
     outs |= {flag: (Path(p), "folder") for flag, p in (folders or {}).items() if p is not None}
@@ -159,6 +162,9 @@ def _cohort_file(cohort: Path, path: Path) -> str | None:
         return f.name == "cohort.json" or (f.suffix in TABLE_SUFFIXES and f.stem in names)
 
     target = path.resolve()
+    if cohort.is_file():  # an .h5mu cohort: only the file itself is an input
+        same = target == cohort.resolve() or (target.exists() and os.path.samefile(cohort, target))
+        return cohort.name if same else None
     if target.parent == cohort.resolve() and read(target):
         return target.name
     for f in cohort.iterdir():  # also an input reached through a link, or a hard link to one

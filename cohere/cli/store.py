@@ -58,6 +58,46 @@ def _row(group: str, e: dict, store: Store) -> dict:
     return row
 
 
+def _registered(group: str) -> dict[str, Path]:
+    """{id: folder} that plugin packages (not the store) register for ``group``."""
+    from .. import plugins
+
+    hook = "register_encoders" if group == "encoders" else "register_experts"
+    folders = plugins.encoders() if group == "encoders" else plugins.experts()
+    return {i: Path(folders[i]) for i, p in plugins.owners(hook).items() if p != "cohere.store"}
+
+
+def _plugin_rows(group: str, listed: set) -> list[dict]:
+    """Rows for the artifacts that installed plugin packages register (e.g. cohere-tcga-pancan),
+    beside the store's; one the store also holds (same id and digest) is listed once."""
+    from .. import plugins
+    from ..artifacts import read_config
+
+    hook = "register_encoders" if group == "encoders" else "register_experts"
+    owners = plugins.owners(hook)
+    rows = []
+    for art_id, folder in _registered(group).items():
+        plugin = owners[art_id]
+        c = read_config(folder)
+        digest = c.get("files", {}).get("model.safetensors")
+        if (art_id, digest) in listed:
+            continue
+        m = c.get("metrics", {})
+        row = {"id": art_id, "kind": c.get("kind"), "digest": digest}
+        if group == "encoders":
+            row |= {"modality": c.get("modality"), "encoder": c.get("encoder")}
+        else:
+            row |= {"source": c["sources"][0] if c.get("kind") == "expert" else None, "sources": c.get("sources"),
+                    "target": c.get("target"), "encoders": c.get("encoders", {})}
+        row |= {"origin": "package", "package": plugins.distribution(plugin), "repo": None, "revision": None,
+                "sha": None, "path": str(folder), "val_loss": m.get("val_loss"), "val_r2": m.get("val_r2"),
+                "held_out": m.get("held_out"),
+                "size": sum(f.stat().st_size for f in folder.iterdir() if f.is_file()), "folder": str(folder),
+                "installed_at": None}
+        rows.append(row)
+    return rows
+
+
 def make_commands(group: str, folder_list=None) -> dict:
     """The callbacks for one group; ``folder_list`` is the group's own models-folder list."""
     one = SINGULAR[group]
@@ -104,6 +144,8 @@ def make_commands(group: str, folder_list=None) -> dict:
             return _folder_list(group, models, json_, folder_list)
         store = Store()
         rows = [_row(group, e, store) for e in store.entries(group)]
+        rows += _plugin_rows(group, {(r["id"], r["digest"]) for r in rows})
+        rows.sort(key=lambda r: r["id"])
         if json_:
             typer.echo(json.dumps(rows, indent=2))
             return
@@ -113,7 +155,8 @@ def make_commands(group: str, folder_list=None) -> dict:
                        f"demo's cohere-demo/models) with 'cohere {group} list --models DIR'")
             return
         for r in rows:
-            r["origin"] = r["repo"] + "@" + r["sha"][:12] if r["origin"] == "hub" else r["path"]
+            r["origin"] = (r["repo"] + "@" + r["sha"][:12] if r["origin"] == "hub" else
+                           f"package {r['package']}" if r["origin"] == "package" else r["path"])
             r["size"] = _size(r["size"])
             r["digest"] = r["digest"][:12]
             if group == "experts":
@@ -178,6 +221,8 @@ def make_commands(group: str, folder_list=None) -> dict:
             if not (folder / "config.json").is_file():
                 raise CohereError(f"{folder}: no {one} {art_id!r} in the models folder {models}; train it first or "
                                   "leave out --models to push from the store")
+        elif Store().get(group, art_id) is None and art_id in _registered(group):
+            folder = _registered(group)[art_id]      # shipped by a plugin package (e.g. cohere-tcga-pancan)
         else:
             folder = Store().folder(group, art_id)
         entry = hub.push(folder, repo, endpoint=endpoint, tag=tag, private=private, dataset=dataset,

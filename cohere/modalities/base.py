@@ -80,6 +80,11 @@ class Modality:
         """What decoded values mean."""
         return f"{self.name} features on the modelled scale"
 
+    def modelled_form(self, form: str) -> str:
+        """The input form that describes values on ``form``'s modelled scale (what decoded
+        features are): ``form`` itself unless its transform changes the scale."""
+        return form
+
     #: {(table form, encoder form): one line saying what :meth:`convert` does}
     conversions: dict[tuple[str, str], str] = {}
 
@@ -252,27 +257,24 @@ class Preprocessor:
 
     def match(self, columns) -> dict:
         """{table column: encoder feature} for the columns that are features: exact names
-        first, then the remaining ones by :func:`feature_key`. Two columns for one feature
-        are an error naming both."""
-        exact = set(self.features_)
-        mapping = {c: c for c in columns if c in exact}
-        left = [f for f in self.features_ if f not in mapping]
-        if left:
-            keys: dict[str, list[str]] = {}
-            for f in left:
-                keys.setdefault(feature_key(f), []).append(f)
-            for c in columns:
-                if c in mapping:
-                    continue
-                hit = keys.get(feature_key(c))
-                if hit and len(hit) == 1:       # a key two features share matches neither
-                    f = hit[0]
-                    other = next((o for o, g in mapping.items() if g == f), None)
-                    if other is not None:
-                        raise CohereError(f"{self.modality.name}: columns {other!r} and {c!r} are both the "
-                                          f"encoder's feature {f!r} (names are matched up to case and '-', "
-                                          "'_', '.', space); drop one of them")
-                    mapping[c] = f
+        first, then the others by :func:`feature_key` (a key two features share matches
+        neither). Two columns for one feature are an error naming both."""
+        features = set(self.features_)
+        mapping = {c: c for c in columns if c in features}
+        keys: dict[str, list[str]] = {}
+        for f in self.features_:
+            keys.setdefault(feature_key(f), []).append(f)
+        taken = {f: c for c, f in mapping.items()}
+        for c in columns:
+            hit = keys.get(feature_key(c)) if c not in mapping else None
+            if not hit or len(hit) != 1:
+                continue
+            f = hit[0]
+            if f in taken:
+                raise CohereError(f"{self.modality.name}: columns {taken[f]!r} and {c!r} are both the encoder's "
+                                  f"feature {f!r} (names are matched up to case and '-', '_', '.', space); drop "
+                                  "one of them")
+            mapping[c], taken[f] = f, c
         return mapping
 
     def transform(self, df: pd.DataFrame, min_coverage: float = DEFAULT_MIN_COVERAGE) -> np.ndarray:

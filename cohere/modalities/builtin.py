@@ -61,6 +61,9 @@ class CNA(Modality):
     }
     imputer = "median"
 
+    def modelled_form(self, form):
+        return "log2_ratio" if form == "absolute" else form
+
     def form_mismatch(self, form, to):
         if form == "gistic" or to == "gistic":
             return ("cna: GISTIC thresholded calls and log2 ratios are different forms (a call of 1 stands for "
@@ -118,6 +121,9 @@ class RNASeq(Modality):
                f"fewer than {MIN_ZSCORE_GROUP} patients pooled), as the training z-scores were made")
     conversions = {("log2_count", "zscore"): "log2(CPM + 1), then " + _within,
                    ("log2_expression", "zscore"): _within}
+
+    def modelled_form(self, form):
+        return "log2_expression" if form == "log2_count" else form
 
     def convert(self, X, form, to, groups):
         if (form, to) not in self.conversions:
