@@ -133,10 +133,16 @@ def test_feature_names_match_up_to_case_and_separators(user):
     cohort, _, root = user
     enc = ModelSource.folder(root / "models").encoder("rppa")
     table = cohort.tables["rppa"]
-    respelled = table.rename(columns=lambda c: c.lower().replace("0", "-0", 1))
+    def respell(c):
+        return c.lower().replace("0", "-0", 1)
+
+    respelled = table.rename(columns=respell)
     pd.testing.assert_frame_equal(enc.encode(respelled), enc.encode(table))
     assert enc.preprocessor_.transform_recorded(respelled)[1].renamed == len(enc.preprocessor_.features_)
-    clash = pd.concat([table.iloc[:, :1].rename(columns=str.lower), table], axis=1)
+    first = enc.preprocessor_.features_[0]
+    exact = pd.concat([table[[first]].rename(columns=str.lower), table], axis=1)
+    pd.testing.assert_frame_equal(enc.encode(exact), enc.encode(table))     # the exact name wins
+    clash = pd.concat([respelled[[respell(first)]].rename(columns=str.upper), respelled], axis=1)
     with pytest.raises(CohereError, match=r"rppa: columns .* are both the encoder's feature"):
         enc.encode(clash)
 

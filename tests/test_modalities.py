@@ -155,3 +155,111 @@ def test_a_transposed_table_is_named_by_the_encoder(real):
                                           r"row ids are features of the encoder, 0 of its column names\); .* "
                                           r"transpose it"):
         pre.transform(table.iloc[:50].T)
+
+
+# ---------------------------------------------------------------- partial panels and other forms (issue 12)
+
+
+def test_absent_features_are_imputed_from_the_present_ones_better_than_by_neighbours(real):
+    """PPCA conditional mean vs the KNN imputer at 50% coverage, on real rppa (held-out rows)."""
+    table = real.tables["rppa"]
+    pre = Preprocessor(get_modality("rppa"), "normalized").fit(table.iloc[:2000])
+    rows = table.iloc[3000:3300][pre.features_].dropna()
+    full = pre.transform(rows)
+    half = rows[pre.features_[::2]]
+    Z, rec = pre.transform_recorded(half)
+    assert rec.method == "ppca" and rec.coverage == pytest.approx(1 - len(pre.features_[1::2]) / len(pre.features_))
+    s = {k: v.double().numpy() for k, v in pre.state_.items()}
+    holed = full.astype(np.float64).copy()
+    holed[:, 1::2] = np.nan
+    knn = pre._impute(holed, s)
+
+    def r2(x):
+        return 1 - ((x[:, 1::2] - full[:, 1::2]) ** 2).sum() / ((full[:, 1::2] - full[:, 1::2].mean(0)) ** 2).sum()
+
+    assert r2(Z) > r2(knn) + 0.1 and r2(Z) > 0.3, (r2(Z), r2(knn))        # measured: 0.36 vs 0.18
+    np.testing.assert_array_equal(Z[:, ::2], full[:, ::2])              # present features are kept as they are
+
+
+def test_an_encoder_saved_without_the_ppca_keeps_the_old_limit(real):
+    table = real.tables["rppa"].iloc[:300]
+    pre = Preprocessor(get_modality("rppa"), "normalized").fit(table)
+    for k in ("ppca_loadings", "ppca_mean", "ppca_noise"):
+        pre.state_.pop(k)
+    with pytest.raises(CohereError, match=r"rppa: the table lacks \d+ of the encoder's \d+ features .*saved without "
+                                          r"the model that imputes absent features, so it needs at least 90% of "
+                                          r"them: re-train it"):
+        pre.transform(table[pre.features_[:100]])
+
+
+def _encoder(real, kind="pca"):
+    from cohere.encoders import make_encoder
+
+    table = real.tables["rnaseq"]
+    return make_encoder(get_modality("rnaseq"), "zscore", kind).fit(table.iloc[:600])
+
+
+def test_log_scale_expression_is_z_scored_within_each_cancer_type(real):
+    """A z-score encoder given log2 expression: z-scored per gene within each cancer type of
+    the user's cohort, as the training z-scores were made (and said so)."""
+    from cohere.cohort import Cohort
+    from cohere.modalities.builtin import zscore_within
+
+    enc = _encoder(real)
+    table = real.tables["rnaseq"].iloc[1000:1150]
+    types = real.clinical["cancer_type"].reindex(table.index).to_numpy()
+    rng = np.random.default_rng(0)
+    level, spread = rng.uniform(4, 12, table.shape[1]), rng.uniform(0.5, 2.5, table.shape[1])
+    offsets = {t: rng.normal(0, 0.5, table.shape[1]) for t in set(types)}
+    log2 = table * spread + level + np.stack([offsets[t] for t in types])
+    user = Cohort({"rnaseq": log2}, real.clinical.loc[table.index], input_forms={"rnaseq": "log2_expression"})
+    z = pd.DataFrame(zscore_within(table.to_numpy(np.float64), types), index=table.index, columns=table.columns)
+    expected = enc.encode(z)
+    got = enc.encode_cohort(user)
+    np.testing.assert_allclose(got.to_numpy(), expected.to_numpy(), atol=1e-4)
+    assert enc.imputation_.note().startswith("rnaseq: converted from 'log2_expression' to the encoder's 'zscore': "
+                                             "z-scored per gene within each cancer type")
+    small = pd.Series(types).value_counts()
+    assert (small >= 10).any()
+
+
+def test_zscore_within_pools_small_groups_and_keeps_missing_values():
+    from cohere.modalities.builtin import zscore_within
+
+    X = np.arange(30, dtype=float).reshape(15, 2)
+    X[0, 0] = np.nan
+    groups = np.array(["a"] * 12 + ["b"] * 3)               # b is too small: pooled with nothing else
+    Z = zscore_within(X, groups)
+    assert np.isnan(Z[0, 0]) and np.allclose(np.nanmean(Z[:12], axis=0), 0) and np.allclose(Z[12:].mean(0), 0)
+    assert np.allclose(np.nanstd(Z[:12], axis=0), 1)
+
+
+def test_other_form_mismatches_are_refused(real):
+    from cohere.cohort import Cohort
+
+    enc = _encoder(real)
+    table = real.tables["rnaseq"].iloc[:50]
+    with pytest.raises(CohereError, match="rnaseq: negative values, but input form 'log2_count' expects"):
+        enc.encode_cohort(Cohort({"rnaseq": table}, input_forms={"rnaseq": "log2_count"}))
+
+
+def test_gistic_calls_are_their_own_form(real_cna):
+    from cohere.cohort import Cohort
+    from cohere.encoders import make_encoder
+
+    cna = get_modality("cna")
+    table = real_cna.tables["cna"].iloc[:400, :80]
+    calls = np.sign(table).fillna(0) * (table.abs() > 0.1) + np.sign(table).fillna(0) * (table.abs() > 0.7)
+    with pytest.raises(CohereError, match=r"cna: every value is one of -2, -1, 0, 1, 2: these look like GISTIC "
+                                          r"thresholded calls, not log2 ratios; declare the form 'gistic'"):
+        cna.check(calls.to_numpy(), "log2_ratio")
+    enc = make_encoder(cna, "log2_ratio", "pca").fit(table)
+    with pytest.raises(CohereError, match=r"cna: GISTIC thresholded calls and log2 ratios are different forms .*"
+                                          r"cohere encoders train --input-form cna=gistic"):
+        enc.encode_cohort(Cohort({"cna": calls}, input_forms={"cna": "gistic"}))
+    gistic = make_encoder(cna, "gistic", "pca").fit(calls)            # trained on calls, calls are fine
+    assert gistic.encode(calls).shape == (400, 32)
+    with pytest.raises(CohereError, match=r"cna: value 0.5 is not a GISTIC call"):
+        cna.check(np.array([[0.5, 1.0]]), "gistic")
+    absolute = Cohort({"cna": 2 * np.exp2(table.clip(-2, 2))}, input_forms={"cna": "absolute"})
+    np.testing.assert_allclose(enc.encode_cohort(absolute).to_numpy(), enc.encode(table).to_numpy(), atol=1e-4)

@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 
 from ..cohort import Cohort
+from ..completion import complete
 from ..errors import CohereError
 from ..generation import ModelSource, consensus_weights, generate_missing
 from ..sampling import generate
@@ -122,6 +123,25 @@ class EvalData:
                                    patients=list(self.test_ids), draws=draws, seed=seed)
             self.cache[key] = res.draws
             self.timings[f"generate {method} {label(have)}->{target}"] = round(time.perf_counter() - t0, 2)
+        return self.cache[key]
+
+    def completed(self, removed, method: str, draws: int, seed: int = 0) -> dict[str, np.ndarray]:
+        """{m: (K, n_test, d)} latents of each removed modality for the test patients, from
+        ``cohere complete`` (:func:`cohere.completion.complete`) run on the test cohort with
+        the ``removed`` tables taken out: what a user completing such a cohort receives."""
+        key = ("completed", tuple(removed), method, draws, seed)
+        if key not in self.cache:
+            t0 = time.perf_counter()
+            kept = [m for m in self.modalities if m not in removed]
+            ablated = Cohort({m: self.test_cohort.tables[m].loc[self.test_ids] for m in kept},
+                             input_forms={m: f for m, f in self.test_cohort.input_forms.items() if m in kept})
+            done = complete(ablated, self.source, method=method, targets=list(removed), draws=draws, seed=seed)
+            out = {}
+            for m in removed:   # the test patients are complete: one presence pattern, one group
+                (ids, x), = [v for (t, _), v in done.latents.items() if t == m]
+                out[m] = x[:, pd.Index(ids).get_indexer(self.test_ids)]
+            self.cache[key] = out
+            self.timings[f"complete {method} {label(removed)} from {label(kept)}"] = round(time.perf_counter() - t0, 2)
         return self.cache[key]
 
     def paired_ids(self, have, target) -> pd.Index:
@@ -576,7 +596,8 @@ def months(days) -> np.ndarray:
 def completion(data: EvalData, models: DownstreamModels, runs: int = 10, seed: int = 0,
                methods=("multi", "coherent")) -> pd.DataFrame:
     """For every non-empty set R of removed modalities: full, ablated (R missing), generated
-    (each modality of R generated from the remaining ones, draw k in run k; "MI pooled":
+    (the test cohort without R completed by :func:`cohere.completion.complete`: each modality
+    of R generated from the remaining ones, draw k in run k; "MI pooled":
     the forests' predictions averaged over the K completed copies; "mean of draws": completed
     once with the mean of the K draws), mean- and KNN-imputed
     (from the remaining ones), and cancer type only. One row per (removed,
@@ -594,7 +615,7 @@ def completion(data: EvalData, models: DownstreamModels, runs: int = 10, seed: i
         if not kept:
             continue
         for method in methods:
-            gens = {m: data.generated(m, tuple(kept), method, max(runs, 2), seed) for m in removed}
+            gens = data.completed(removed, method, max(runs, 2), seed)
             copies = [models.features({**base, **{m: g[run] for m, g in gens.items()}}, ids)
                       for run in range(runs)]
             for run, X in enumerate(copies):

@@ -257,14 +257,16 @@ class Preprocessor:
 
     def match(self, columns) -> dict:
         """{table column: encoder feature} for the columns that are features: exact names
-        first, then the others by :func:`feature_key` (a key two features share matches
-        neither). Two columns for one feature are an error naming both."""
+        first (a column named exactly as a feature wins over respellings of it, which are
+        left out), then the features left by :func:`feature_key` (a key two features share
+        matches neither). Two respelled columns for one feature are an error naming both."""
         features = set(self.features_)
         mapping = {c: c for c in columns if c in features}
         keys: dict[str, list[str]] = {}
         for f in self.features_:
-            keys.setdefault(feature_key(f), []).append(f)
-        taken = {f: c for c, f in mapping.items()}
+            if f not in mapping:
+                keys.setdefault(feature_key(f), []).append(f)
+        taken: dict[str, str] = {}
         for c in columns:
             hit = keys.get(feature_key(c)) if c not in mapping else None
             if not hit or len(hit) != 1:

@@ -61,8 +61,16 @@ class CNA(Modality):
     }
     imputer = "median"
 
+    conversions = {("absolute", "log2_ratio"): "log2(copy number / 2), 0 excluded (what the absolute form models)"}
+
     def modelled_form(self, form):
         return "log2_ratio" if form == "absolute" else form
+
+    def convert(self, X, form, to, groups):
+        if (form, to) not in self.conversions:
+            return super().convert(X, form, to, groups)
+        self.check(X, form)
+        return self.transform(X, form)
 
     def form_mismatch(self, form, to):
         if form == "gistic" or to == "gistic":
