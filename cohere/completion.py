@@ -96,14 +96,16 @@ def complete(cohort: Cohort, source: ModelSource, method: str = "coherent", targ
             raise CohereError(f"{name} must be an int >= {low}, got {v!r}")
     if keep_draws > draws:
         raise CohereError(f"keep_draws ({keep_draws}) cannot exceed draws ({draws})")
-    targets = list(dict.fromkeys(targets or cohort.modalities))
-    encoders = {}
-    for m in sorted(set(targets) | set(cohort.modalities)):
-        if m in source.encoder_folders:
-            encoders[m] = source.encoder(m)
-        elif m in targets:
-            raise CohereError(f"no {m!r} encoder in {source.name}; install or train one, or leave {m} out of "
-                              "the targets")
+    if targets:
+        targets = list(dict.fromkeys(targets))
+        for m in targets:
+            if m not in source.encoder_folders:
+                raise CohereError(f"no {m!r} encoder in {source.name}; install or train one, or leave {m} out of "
+                                  "the targets")
+    else:       # the cohort's modalities that can be generated (the others are reported in ``refused``)
+        targets = [m for m in cohort.modalities if m in source.encoder_folders]
+    encoders = {m: source.encoder(m) for m in sorted(set(targets) | set(cohort.modalities))
+                if m in source.encoder_folders}
 
     # which condition tables can be encoded (coverage), once, before any generation
     coverage, refused, usable = {}, {}, []

@@ -84,12 +84,12 @@ class ModelSource:
         store = Store()
         expected: dict[Path, dict | None] = {store.home / e["folder"]: dict(e["files"])
                                              for g in GROUPS for e in store.entries(g)}
-        entries = {(e["id"], e["package"]): e for e in hub.load_index() if "package" in e}
+        entries = {(e["id"], plugins.canonical(e["package"])): e for e in hub.load_index() if "package" in e}
         found = {"register_encoders": plugins.encoders(), "register_experts": plugins.experts()}
         for hook, folders in found.items():
             for art_id, plugin in plugins.owners(hook).items():
                 if plugin != "cohere.store":
-                    entry = entries.get((art_id, plugins.distribution(plugin)))
+                    entry = entries.get((art_id, plugins.canonical(plugins.distribution(plugin))))
                     expected[Path(folders[art_id])] = None if entry is None else dict(entry["files"])
         return cls("the installed models (store and plugins)", found["register_encoders"],
                    found["register_experts"], "cohere experts add ID", expected)

@@ -66,7 +66,8 @@ def _strict() -> bool:
     return os.environ.get("COHERE_STRICT_PLUGINS", "") not in ("", "0")
 
 
-def _canonical(dist: str) -> str:
+def canonical(dist: str) -> str:
+    """A distribution name as pip compares them (PEP 503): ``Cohere_TCGA.pancan`` -> ``cohere-tcga-pancan``."""
     return re.sub(r"[-_.]+", "-", dist).lower()
 
 
@@ -121,7 +122,7 @@ def _register(pm: pluggy.PluginManager, ep, key: str) -> None:
 
 def _check_allowed(allow: set[str] | None, eps) -> None:
     """Warn about COHERE_LOAD_PLUGINS names that match no installed plugin distribution."""
-    installed = sorted({_canonical(ep.dist.name if ep.dist else ep.name) for ep in eps})
+    installed = sorted({canonical(ep.dist.name if ep.dist else ep.name) for ep in eps})
     for name in sorted((allow or set()) - set(installed)):
         msg = (f"COHERE_LOAD_PLUGINS names {name!r}, which matches no installed distribution with "
                f"cohere plugins (installed: {', '.join(installed) or 'none'})")
@@ -139,13 +140,13 @@ def plugin_manager() -> pluggy.PluginManager:
         pm.register(importlib.import_module(name), name=name)
         _plugins[name] = PluginInfo(name, __version__, builtin=True)
     wanted = os.environ.get("COHERE_LOAD_PLUGINS")
-    allow = None if wanted is None else {_canonical(w.strip()) for w in wanted.split(",") if w.strip()}
+    allow = None if wanted is None else {canonical(w.strip()) for w in wanted.split(",") if w.strip()}
     eps = sorted(importlib.metadata.entry_points(group="cohere"),
                  key=lambda ep: (ep.dist.name if ep.dist else "", ep.name))
     _check_allowed(allow, eps)
     for ep in eps:
         dist = ep.dist.name if ep.dist else ep.name
-        if allow is not None and _canonical(dist) not in allow:
+        if allow is not None and canonical(dist) not in allow:
             continue
         info = PluginInfo(dist, ep.dist.version if ep.dist else "", entry_point=f"{ep.name} = {ep.value}")
         key = ep.name if ep.name not in _plugins else f"{dist}:{ep.name}"

@@ -231,3 +231,112 @@ def test_multi_method_and_argument_checks(user):
         complete(cohort, source, draws=2, keep_draws=3)
     with pytest.raises(CohereError, match="unknown method 'mean'"):
         complete(cohort, source, method="mean")
+
+
+# ---------------------------------------------------------------- models from a pip package
+
+
+FAKEPACK = """
+    from pathlib import Path
+    from cohere.hookspecs import hookimpl
+
+    ROOT = Path({root!r})
+
+    @hookimpl
+    def register_encoders(register):
+        for m in ("cna", "rnaseq", "rppa"):
+            register(m, ROOT / "encoders" / m)
+
+    @hookimpl
+    def register_experts(register):
+        for p in sorted((ROOT / "experts").iterdir()):
+            register(p.name.replace("_to_", "->"), p)
+"""
+
+
+@pytest.fixture
+def package(user, tmp_path, monkeypatch):
+    """The tiny models shipped by a fake installed distribution 'cohere-fakepack', with a
+    registry index (COHERE_REGISTRY) whose entries have it as their source."""
+    import shutil
+    import sys
+    import textwrap
+
+    from cohere import hub, plugins
+    from cohere.artifacts import read_config, sha256_file
+
+    _, _, root = user
+    art = tmp_path / "fakepack"
+    shutil.copytree(root / "models", art)
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "cohere_fakepack.py").write_text(textwrap.dedent(FAKEPACK.format(root=str(art))))
+    info = site / "cohere_fakepack-0.1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: cohere-fakepack\nVersion: 0.1.0\n")
+    (info / "entry_points.txt").write_text("[cohere]\nfakepack = cohere_fakepack\n")
+    monkeypatch.syspath_prepend(str(site))
+    entries = []
+    for folder in sorted(art.glob("*/*")):
+        files = {n: sha256_file(folder / n) for n in ("config.json", "model.safetensors", "README.md")}
+        entries.append(hub.package_entry(read_config(folder), "cohere-fakepack", "0.1.0",
+                                         f"{folder.parent.name}/{folder.name}", files))
+    (tmp_path / "index.json").write_text(json.dumps({"version": 1, "entries": entries}))
+    monkeypatch.setenv("COHERE_REGISTRY", str(tmp_path / "index.json"))
+    monkeypatch.setenv("COHERE_LOAD_PLUGINS", "cohere-fakepack")
+    monkeypatch.setenv("COHERE_HOME", str(tmp_path / "home"))
+    plugins.reset()
+    yield art
+    sys.modules.pop("cohere_fakepack", None)
+    plugins.reset()
+
+
+def test_models_a_package_registers_are_used_and_checked_against_the_registry(user, package, tmp_path, monkeypatch,
+                                                                            capsys):
+    from cohere.completion import complete
+    from cohere.generation import ModelSource
+
+    cohort, _, _ = user
+    source = ModelSource.installed()
+    assert sorted(source.model_folders) == sorted(f"{s}->{t}" for t in MODS for s in [*MODS, "multi"] if s != t)
+    done = complete(cohort, source, draws=2, targets=["rppa"])
+    assert len(done.provenance) == 15                        # 3 patterns without rppa, 5 patients each
+    assert _cli(["experts", "list", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 9 and {r["origin"] for r in rows} == {"package"} and {r["package"] for r in rows} == \
+        {"cohere-fakepack"}
+
+    card = package / "experts" / "cna_to_rppa" / "README.md"
+    card.write_text(card.read_text() + "\nedited\n")
+    with pytest.raises(CohereError, match=r"cna_to_rppa/README.md changed since it was built \(expected sha256 "
+                                          r"[0-9a-f]{12}\); reinstall the package"):
+        complete(cohort, ModelSource.installed(), draws=2, targets=["rppa"])
+
+    monkeypatch.setenv("COHERE_REGISTRY", str(tmp_path / "empty.json"))
+    (tmp_path / "empty.json").write_text('{"version": 1, "entries": []}')
+    with pytest.raises(CohereError, match="a plugin registers this artifact but the registry index has no entry"):
+        ModelSource.installed().encoder("cna")
+
+
+def test_an_artifact_in_the_store_and_in_a_package_is_one_artifact(user, package, capsys):
+    from cohere import plugins
+
+    assert _cli(["encoders", "add", "rppa"]) == 0           # resolved through the registry to the package
+    assert "installed encoder rppa from " in capsys.readouterr().out
+    plugins.reset()
+    assert list(plugins.encoders()) == ["cna", "rnaseq", "rppa"]    # registered twice, same digest: once
+    assert _cli(["encoders", "list", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["origin"] for r in rows if r["id"] == "rppa"] == ["path"]
+
+
+def test_a_packaged_model_can_be_pushed_to_a_hub(package, tmp_path, monkeypatch, capsys):
+    from hubserver import FakeHub
+
+    with FakeHub(token="hf_test") as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.setenv("HF_TOKEN", "hf_test")
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+        assert _cli(["experts", "push", "rnaseq->cna", "--repo", "lab/rnaseq-to-cna", "--dataset", "simulated"]) == 0
+    entry = json.loads(capsys.readouterr().out)
+    assert entry["id"] == "rnaseq->cna" and entry["repo"] == "lab/rnaseq-to-cna" and len(entry["sha"]) == 40

@@ -106,3 +106,18 @@ def test_the_package_installs_registers_and_verifies_in_a_fresh_environment(venv
     assert r.returncode == 1
     assert "rnaseq_to_rppa/README.md changed since it was built" in r.stderr and "reinstall" in r.stderr
     assert not (tmp_path / "again").exists()
+
+
+def test_experts_add_installs_from_the_package_with_the_same_check(venv):
+    r = run(venv, "experts", "add", "rnaseq->cna")
+    assert r.returncode == 1
+    assert "needs encoders that are not installed; install them first with: cohere encoders add cna && " \
+           "cohere encoders add rnaseq" in r.stderr
+    for m in ("cna", "rnaseq"):
+        r = run(venv, "encoders", "add", m)
+        assert r.returncode == 0, r.stderr
+    r = run(venv, "experts", "add", "rnaseq->cna")
+    assert r.returncode == 0 and "installed expert rnaseq->cna from " in r.stdout, r.stderr
+    rows = json.loads(run(venv, "experts", "list", "--json").stdout)
+    assert [x["origin"] for x in rows if x["id"] == "rnaseq->cna"] == ["path"]     # listed once: the store's copy
+    assert len(rows) == 9
