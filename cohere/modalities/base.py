@@ -91,8 +91,15 @@ class Modality:
     def convert(self, X: np.ndarray, form: str, to: str, groups: np.ndarray) -> np.ndarray:
         """Convert a whole cohort's table ``X`` (samples x features) from ``form`` to the
         encoder's form ``to``; ``groups`` labels each sample's cohort (e.g. cancer type) for
-        conversions that normalise within cohorts. Only pairs in ``conversions``."""
-        raise CohereError(self.form_mismatch(form, to))
+        conversions that normalise within cohorts. Only pairs in ``conversions`` (the values
+        are checked for ``form`` first); subclasses implement :meth:`_convert`."""
+        if (form, to) not in self.conversions:
+            raise CohereError(self.form_mismatch(form, to))
+        self.check(X, form)
+        return self._convert(X, form, to, groups)
+
+    def _convert(self, X: np.ndarray, form: str, to: str, groups: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
 
     def form_mismatch(self, form: str, to: str) -> str:
         """The refusal for a table in ``form`` given to an encoder trained on ``to``."""

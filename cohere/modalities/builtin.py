@@ -66,10 +66,7 @@ class CNA(Modality):
     def modelled_form(self, form):
         return "log2_ratio" if form == "absolute" else form
 
-    def convert(self, X, form, to, groups):
-        if (form, to) not in self.conversions:
-            return super().convert(X, form, to, groups)
-        self.check(X, form)
+    def _convert(self, X, form, to, groups):
         return self.transform(X, form)
 
     def form_mismatch(self, form, to):
@@ -133,10 +130,7 @@ class RNASeq(Modality):
     def modelled_form(self, form):
         return "log2_expression" if form == "log2_count" else form
 
-    def convert(self, X, form, to, groups):
-        if (form, to) not in self.conversions:
-            return super().convert(X, form, to, groups)
-        self.check(X, form)
+    def _convert(self, X, form, to, groups):
         if form == "log2_count":
             X = self.transform(X, form)
         return zscore_within(X, groups)
