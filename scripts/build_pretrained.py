@@ -7,7 +7,7 @@ in any artifact), so the same cohort and cohere version give the same files:
    cohort's ``train`` split, exactly as a user would train them::
 
        cohere encoders train --cohort C --models WORK -m cna -m rnaseq -m rppa --seed 0
-       cohere experts train ID... --cohort C --models WORK --seed 0   (in --jobs processes)
+       cohere experts train ID --cohort C --models WORK --seed 0      (one per model, --jobs at a time)
 
    An artifact already in WORK is kept (a re-run trains only what is missing).
 2. ``package``: copy every artifact into the package, add to each model card the validation
@@ -63,7 +63,9 @@ def _wait(procs: list[tuple[str, subprocess.Popen]]) -> None:
 
 
 def train(cohort: Path, work: Path, jobs: int) -> None:
-    """Stage 1: encoders, then the experts split over ``jobs`` processes."""
+    """Stage 1: the encoders, then one ``experts train`` process per model, ``jobs`` at a
+    time (a queue: training lengths differ with early stopping, so fixed shards leave a core
+    idle). Each model's training depends only on its seed and the encoders."""
     logs = work / "logs"
     t0 = time.perf_counter()
     todo = [m for m in MODALITIES if not (work / "encoders" / m / "model.safetensors").is_file()]
@@ -73,13 +75,19 @@ def train(cohort: Path, work: Path, jobs: int) -> None:
             args += ["--modality", m]
         _wait([("encoders train", _cli(*args, log=logs / "encoders.log"))])
     print(f"encoders: {', '.join(todo) or 'all present'} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    todo = [i for i in model_ids() if not (work / "experts" / folder_of(i) / "model.safetensors").is_file()]
-    shards = [todo[j::jobs] for j in range(jobs)]
-    procs = [(f"experts train {' '.join(s)}",
-              _cli("experts", "train", *s, "--cohort", str(cohort), "--models", str(work), "--seed", str(SEED),
-                   log=logs / f"experts_{j}.log")) for j, s in enumerate(shards) if s]
-    _wait(procs)
-    print(f"experts: {len(todo)} trained in {jobs} processes ({time.perf_counter() - t0:.0f} s in all)", flush=True)
+    queue = [i for i in model_ids() if not (work / "experts" / folder_of(i) / "model.safetensors").is_file()]
+    pending, running = list(queue), []
+    while pending or running:
+        while pending and len(running) < jobs:
+            model_id = pending.pop(0)
+            running.append((model_id, _cli("experts", "train", model_id, "--cohort", str(cohort), "--models",
+                                            str(work), "--seed", str(SEED), log=logs / f"{folder_of(model_id)}.log")))
+        time.sleep(2)
+        for name, p in [r for r in running if r[1].poll() is not None]:
+            _wait([(name, p)])
+            running.remove((name, p))
+            print(f"{name}: trained ({time.perf_counter() - t0:.0f} s)", flush=True)
+    print(f"experts: {len(queue)} trained, {jobs} at a time ({time.perf_counter() - t0:.0f} s in all)", flush=True)
 
 
 def validation(cohort: Path, work: Path) -> dict:
