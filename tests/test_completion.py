@@ -340,3 +340,13 @@ def test_a_packaged_model_can_be_pushed_to_a_hub(package, tmp_path, monkeypatch,
         assert _cli(["experts", "push", "rnaseq->cna", "--repo", "lab/rnaseq-to-cna", "--dataset", "simulated"]) == 0
     entry = json.loads(capsys.readouterr().out)
     assert entry["id"] == "rnaseq->cna" and entry["repo"] == "lab/rnaseq-to-cna" and len(entry["sha"]) == 40
+
+
+def test_the_clis_minimum_coverage_is_the_librarys():
+    import inspect
+
+    from cohere.cli import complete as cli_complete, generate as cli_generate
+    from cohere.modalities.base import DEFAULT_MIN_COVERAGE
+
+    for fn in (cli_complete.complete, cli_generate.generate):
+        assert inspect.signature(fn).parameters["min_feature_coverage"].default.default == DEFAULT_MIN_COVERAGE

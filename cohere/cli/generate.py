@@ -57,6 +57,9 @@ def generate(
     aggregate: bool = typer.Option(False, help="Write one row per patient: the mean of the draws."),
     diagnostics: Optional[Path] = typer.Option(None, help="Also write per-patient diagnostics (acceptance, attempts, variance)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
+    min_feature_coverage: float = typer.Option(0.3, min=0.0, max=1.0, help="Refuse a condition table with less "
+                                               "than this share of its encoder's features (the absent ones are "
+                                               "imputed from the present ones)."),
     allow_unconditional: bool = typer.Option(False, help="Allow generation without any condition (privacy risk)."),
     n_samples: Optional[int] = typer.Option(None, min=1, help="Rows to generate unconditionally."),
 ):
@@ -98,7 +101,8 @@ def generate(
     job = prepare_generation(
         c, target, have_list, source, method=method, patients=_split(patients) or None, weights=explicit,
         experts=_split(experts) or None, threshold=threshold, fraction=fraction, attempts=attempts, device=device,
-        allow_unconditional=allow_unconditional, n_unconditional=n_samples, **defaults)
+        allow_unconditional=allow_unconditional, n_unconditional=n_samples, min_coverage=min_feature_coverage,
+        **defaults)
     for record in job.imputation.values():
         note_imputation(record)
     _check_room(job, draws, out, decode, aggregate)
