@@ -362,6 +362,8 @@ def entry_problems(entry: dict) -> list[str]:
     if errors:
         return errors
     kind, mods = entry["kind"], entry["modalities"]
+    if "package" in entry and ({"repo", "sha", "revision"} & set(entry)):
+        return ["an entry has one source: repo + sha (a Hub repository) or package + version + path, not both"]
     try:
         for m in [*mods, *entry["encoders"]]:
             ids.modality(m, "modality")

@@ -53,6 +53,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="small recipe, subsampled patients, fewer runs (a smoke test)")
     ap.add_argument("--skip", default="", help="experiments to skip, comma-separated "
                     "(reconstruction, privacy, signal, downstream, counterfactual)")
+    ap.add_argument("--no-iterative", action="store_true", help="leave out the iterative (MICE) baselines")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
@@ -94,6 +95,7 @@ def main(argv=None) -> int:
     else:
         plan = Plan(seed=args.seed, forests=E.ForestSettings(seed=args.seed))
     plan.skip = tuple(s.strip() for s in args.skip.split(",") if s.strip())
+    plan.iterative = plan.iterative and not args.no_iterative
     context = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                "commit": commit, "command": " ".join(["python", *sys.argv]),
                "cohort": args.cohort, "test patients": args.test_cohort or "complete patients of the val split",

@@ -226,6 +226,7 @@ def test_the_reproduction_script_runs_on_a_models_folder(setup, tmp_path, monkey
     spec.loader.exec_module(script)
     out = tmp_path / "report"
     assert script.main(["--cohort", str(root / "cohort"), "--models", str(root / "models"), "--quick", "--out",
-                        str(out), "--skip", "manifold,privacy,signal,downstream,counterfactual"]) == 0
+                        str(out), "--skip", "manifold,privacy,signal,downstream,counterfactual",
+                        "--no-iterative"]) == 0
     text = (out / "report.md").read_text()
     assert "1. Reconstruction" in text and "quick" in text and "6. Privacy" not in text

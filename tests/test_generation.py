@@ -161,8 +161,9 @@ def test_imputed_features_are_said_and_recorded(world, tmp_path, capsys):
                         "--models", str(models), "--out", str(tmp_path / "g.csv"),
                         "--diagnostics", str(tmp_path / "d.csv")], capsys)
     assert code == 0, err
-    assert (f"note: rnaseq: 4 of the encoder's {len(feats)} features are absent from the table and were "
-            f"imputed for all {len(ids)} samples (first: {', '.join(feats[:3])}, ...); 6 missing values of "
+    assert (f"note: rnaseq: 4 of the encoder's {len(feats)} features are absent from the table (coverage "
+            f"{1 - 4 / len(feats):.0%}) and were imputed from the present ones (PPCA conditional mean) for all "
+            f"{len(ids)} samples (first: {', '.join(feats[:3])}, ...); 6 missing values of "
             f"the {len(feats) - 4} present features") in err
     d = pd.read_csv(tmp_path / "d.csv", index_col=0)
     assert np.allclose(d.loc[ids[:2], "rnaseq_imputed"], 7 / len(feats))
@@ -170,13 +171,17 @@ def test_imputed_features_are_said_and_recorded(world, tmp_path, capsys):
     assert "cna_imputed" in d
     res = generate_missing(user, "rppa", ["rnaseq", "cna"], ModelSource.folder(models))
     assert res.settings["imputation"]["rnaseq"] == {"features": len(feats), "absent": 4, "absent_features": feats[:4],
-                                                    "samples": len(ids), "missing_cells": 6}
-    assert res.diagnostics()["rnaseq_imputed"].equals(d["rnaseq_imputed"].rename_axis("sample"))
+                                                    "coverage": round(1 - 4 / len(feats), 4), "samples": len(ids),
+                                                    "missing_cells": 6, "method": "ppca", "renamed": 0,
+                                                    "converted": ""}
+    pd.testing.assert_series_equal(res.diagnostics()["rnaseq_imputed"], d["rnaseq_imputed"].rename_axis("sample"),
+                                   check_index_type=False)   # ids: object (pandas 2) or str (pandas 3) columns
     code, _, err = run(["encode", "--models", str(models), "--cohort", str(tmp_path / "cohort"),
                         "--out", str(tmp_path / "z.parquet")], capsys)
     n_rna = len(rnaseq.dropna(how="all"))
     assert code in (0, None) and f"note: rnaseq: 4 of the encoder's {len(feats)} features are absent from the " \
-                                 f"table and were imputed for all {n_rna} samples" in err
+                                 f"table (coverage {1 - 4 / len(feats):.0%}) and were imputed from the present " \
+                                 f"ones (PPCA conditional mean) for all {n_rna} samples" in err
 
 
 def test_an_unknown_target_is_named_as_an_unknown_modality(world):

@@ -266,13 +266,22 @@ def test_a_constructed_entry_passes_and_broken_ones_fail(published):
         "modalities": (good | {"modalities": ["cna", "rppa"]}, "do not match id"),
         "encoders": (good | {"encoders": {"cna": "0" * 64}}, "one digest for each"),
         "metric type": (good | {"metrics": {"val_loss": "low"}}, "expected number"),
+        "two sources": (good | {"package": "cohere-x", "version": "1", "path": "experts/rppa_to_cna"},
+                        "one source: repo \\+ sha .* or package \\+ version \\+ path, not both"),
+        "package without version": ({k: v for k, v in good.items() if k not in ("repo", "sha", "revision")}
+                                    | {"package": "cohere-x", "path": "experts/rppa_to_cna"},
+                                    "missing required 'version'"),
     }
+    packaged = {k: v for k, v in good.items() if k not in ("repo", "sha", "revision")} | {
+        "package": "cohere-x", "version": "0.1.0", "path": "experts/rppa_to_cna"}
+    jsonschema.validate({"version": 1, "entries": [packaged]}, schema)
+    assert hub.entry_problems(packaged) == []
     for name, (entry, message) in broken.items():
         problems = hub.entry_problems(entry)
         assert problems and any(re.search(message, p) for p in problems), (name, problems)
         with pytest.raises(CohereError, match="invalid registry entry"):
             hub.validate_entry(entry)
-        if name not in ("modalities", "encoders"):  # cross-field rules are beyond the schema
+        if name not in ("modalities", "encoders", "two sources"):  # cross-field rules are beyond the schema
             with pytest.raises(jsonschema.ValidationError):
                 jsonschema.validate({"version": 1, "entries": [entry]}, schema)
 
