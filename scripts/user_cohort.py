@@ -91,6 +91,7 @@ def score(cohort_dir: Path, d: Path, models: Path | None) -> pd.DataFrame:
     train = c.ids_in("train")
 
     def features(m, table):           # the values on the encoder's modelled scale, its features
+        table = table.rename(columns=enc[m].preprocessor_.match(table.columns))   # the user's spellings
         return enc[m].target_features(table).to_numpy(np.float64)
 
     def inputs(m, table):              # what the user has of m, as the training data holds it

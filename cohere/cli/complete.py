@@ -64,7 +64,8 @@ def complete(
                min_coverage=min_feature_coverage, device=device,
                progress=lambda i, n, msg: typer.echo(f"[{i}/{n}] {msg}", err=True))
     for m, rec in done.coverage.items():
-        extra = f", {rec['converted']}" if rec.get("converted") else ""
+        extra = f"; {rec['renamed']} matched up to case and '-', '_', '.', space" if rec.get("renamed") else ""
+        extra += f"; {rec['converted']}" if rec.get("converted") else ""
         typer.echo(f"{m}: {rec['features'] - rec['absent']} of the encoder's {rec['features']} features present "
                    f"(coverage {rec['coverage']:.0%}){extra}", err=True)
     for m, why in done.refused.items():
