@@ -58,7 +58,9 @@ def tiny(tmp_path_factory):
     from cohere.simulate import simulate_cohort
 
     cohort, _ = simulate_cohort(n_patients=1000, seed=3, features={"cna": 60, "rnaseq": 60, "rppa": 40, "wsi": 0})
-    shared = tmp_path_factory.getbasetemp().parent
+    base = tmp_path_factory.getbasetemp()
+    # under xdist every worker's basetemp sits in this run's folder; without it, the run's own
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
     root = shared / "tiny-models"
     with FileLock(str(shared / "tiny-models.lock")):
         if not (root / "done").exists():
