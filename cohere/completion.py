@@ -161,19 +161,19 @@ def complete(cohort: Cohort, source: ModelSource, method: str = "coherent", targ
                                seed=_seed(seed, t, have), min_coverage=min_coverage, **options)
         enc = encoders[t]
         K, n, d = res.draws.shape
-        values = enc.decode(res.draws.reshape(K * n, d)).to_numpy(np.float64).reshape(K, n, -1)  # (K, n, F)
+        values = enc.decode(res.draws.reshape(K * n, d)).to_numpy(np.float32).reshape(K, n, -1)  # (K, n, F)
         latents[(t, tuple(have))] = (ids, res.draws)
         fills[t].append((ids, values))
         diag = res.diagnostics()
-        lat_var = res.draws.var(axis=0, ddof=1 if K > 1 else 0).mean(1)
         sd = values.std(axis=0, ddof=1 if K > 1 else 0)
-        used = sorted({s for i in res.models for s in _sources(i, have)})
+        used = sorted({m for model_id in res.models for m in _sources(model_id, have)})
         for j, p in enumerate(ids):
             provenance.append({"sample": p, "modality": t, "generated_from": _label(used), "available": _label(have),
                                "method": method,
                                "models": ";".join(res.models), "weights": ";".join(f"{w:.3g}" for w in res.weights),
                                "draws": K,
-                               "accepted": float(diag["accepted"].iloc[j]), "latent_variance": float(lat_var[j]),
+                               "accepted": float(diag["accepted"].iloc[j]),
+                               "latent_variance": float(diag["latent_variance"].iloc[j]),
                                "feature_sd": float(sd[j].mean()),
                                "condition_coverage": ";".join(f"{m}={coverage[m]['coverage']:.3f}" for m in have)})
         if progress is not None:
