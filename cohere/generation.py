@@ -85,14 +85,12 @@ class ModelSource:
         expected: dict[Path, dict | None] = {store.home / e["folder"]: dict(e["files"])
                                              for g in GROUPS for e in store.entries(g)}
         entries = {(e["id"], plugins.canonical(e["package"])): e for e in hub.load_index() if "package" in e}
-        found = {"register_encoders": plugins.encoders(), "register_experts": plugins.experts()}
-        for hook, folders in found.items():
-            for art_id, plugin in plugins.owners(hook).items():
-                if plugin != "cohere.store":
-                    entry = entries.get((art_id, plugins.canonical(plugins.distribution(plugin))))
-                    expected[Path(folders[art_id])] = None if entry is None else dict(entry["files"])
-        return cls("the installed models (store and plugins)", found["register_encoders"],
-                   found["register_experts"], "cohere experts add ID", expected)
+        for group in GROUPS:
+            for art_id, (folder, dist) in plugins.packaged(group).items():
+                entry = entries.get((art_id, plugins.canonical(dist)))
+                expected[folder] = None if entry is None else dict(entry["files"])
+        return cls("the installed models (store and plugins)", plugins.encoders(), plugins.experts(),
+                   "cohere experts add ID", expected)
 
     def _checked(self, folder: Path) -> Path:
         """``folder``, once its files match the recorded sha256 (if any are recorded)."""

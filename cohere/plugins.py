@@ -294,6 +294,15 @@ def experts(target: str | None = None) -> dict[str, Path]:
     return {k: v for k, (v, _) in found.items() if target is None or k.split("->")[1] == target}
 
 
+def packaged(group: str) -> dict[str, tuple[Path, str]]:
+    """{id: (folder, distribution)} of the artifacts that installed plugins (pip packages such
+    as cohere-tcga-pancan), not the store, register for ``group`` ("encoders" or "experts")."""
+    hook, what, check = (("register_encoders", "encoder", _check_encoder) if group == "encoders" else
+                         ("register_experts", "expert", _check_expert))
+    return {k: (Path(v), distribution(p)) for k, (v, p) in _collect(hook, what, check).items()
+            if p != "cohere.store"}
+
+
 def owners(hook: str) -> dict[str, str]:
     """{id: plugin name} for one ``register_*`` hook (which plugin provides what)."""
     checks = {"register_modalities": ("modality", _check_modality),

@@ -514,11 +514,9 @@ def _package_folder(group: str, entry: dict) -> Path:
     through the plugin that the package registers it with)."""
     from . import plugins
 
-    hook = "register_encoders" if group == "encoders" else "register_experts"
-    folders = plugins.encoders() if group == "encoders" else plugins.experts()
-    for art_id, plugin in plugins.owners(hook).items():
-        if art_id == entry["id"] and plugins.canonical(plugins.distribution(plugin)) == plugins.canonical(entry["package"]):
-            return Path(folders[art_id])
+    folder, dist = plugins.packaged(group).get(entry["id"], (None, ""))
+    if folder is not None and plugins.canonical(dist) == plugins.canonical(entry["package"]):
+        return folder
     raise CohereError(f"{entry['id']!r} ships with the package {entry['package']} {entry['version']}, which is not "
                       f"installed (or not loaded: COHERE_LOAD_PLUGINS); install it with 'pip install "
                       f"{entry['package']}=={entry['version']}'")

@@ -12,7 +12,7 @@ from typing import Optional
 
 import typer
 
-from .. import hub
+from .. import hub, plugins
 from ..errors import CohereError
 from ..store import Store, normalize_id
 from .common import QUALITY, quality, quality_line
@@ -58,26 +58,14 @@ def _row(group: str, e: dict, store: Store) -> dict:
     return row
 
 
-def _registered(group: str) -> dict[str, Path]:
-    """{id: folder} that plugin packages (not the store) register for ``group``."""
-    from .. import plugins
-
-    hook = "register_encoders" if group == "encoders" else "register_experts"
-    folders = plugins.encoders() if group == "encoders" else plugins.experts()
-    return {i: Path(folders[i]) for i, p in plugins.owners(hook).items() if p != "cohere.store"}
-
-
 def _plugin_rows(group: str, listed: set) -> list[dict]:
     """Rows for the artifacts that installed plugin packages register (e.g. cohere-tcga-pancan),
     beside the store's; one the store also holds (same id and digest) is listed once."""
     from .. import plugins
     from ..artifacts import read_config
 
-    hook = "register_encoders" if group == "encoders" else "register_experts"
-    owners = plugins.owners(hook)
     rows = []
-    for art_id, folder in _registered(group).items():
-        plugin = owners[art_id]
+    for art_id, (folder, dist) in plugins.packaged(group).items():
         c = read_config(folder)
         digest = c.get("files", {}).get("model.safetensors")
         if (art_id, digest) in listed:
@@ -89,7 +77,7 @@ def _plugin_rows(group: str, listed: set) -> list[dict]:
         else:
             row |= {"source": c["sources"][0] if c.get("kind") == "expert" else None, "sources": c.get("sources"),
                     "target": c.get("target"), "encoders": c.get("encoders", {})}
-        row |= {"origin": "package", "package": plugins.distribution(plugin), "repo": None, "revision": None,
+        row |= {"origin": "package", "package": dist, "repo": None, "revision": None,
                 "sha": None, "path": str(folder), "val_loss": m.get("val_loss"), "val_r2": m.get("val_r2"),
                 "held_out": m.get("held_out"),
                 "size": sum(f.stat().st_size for f in folder.iterdir() if f.is_file()), "folder": str(folder),
@@ -221,8 +209,8 @@ def make_commands(group: str, folder_list=None) -> dict:
             if not (folder / "config.json").is_file():
                 raise CohereError(f"{folder}: no {one} {art_id!r} in the models folder {models}; train it first or "
                                   "leave out --models to push from the store")
-        elif Store().get(group, art_id) is None and art_id in _registered(group):
-            folder = _registered(group)[art_id]      # shipped by a plugin package (e.g. cohere-tcga-pancan)
+        elif Store().get(group, art_id) is None and art_id in plugins.packaged(group):
+            folder = plugins.packaged(group)[art_id][0]   # shipped by a plugin package (e.g. cohere-tcga-pancan)
         else:
             folder = Store().folder(group, art_id)
         entry = hub.push(folder, repo, endpoint=endpoint, tag=tag, private=private, dataset=dataset,
