@@ -280,7 +280,7 @@ def write_completion(done: Completion, out: str | os.PathLike) -> Path:
                 ls[f"draw_{k + 1:03d}"] = c.tables[m].reindex(index=table.index, columns=table.columns)
             layers[m] = ls
         # HDF5 attributes hold no lists of records: the summary is one JSON string
-        return write_h5mu(done.cohort, out, obs=obs, layers=layers, uns={"completion": json.dumps(_jsonable(info))})
+        return write_h5mu(done.cohort, out, obs=obs, layers=layers, uns={"completion": _json(info)})
     with writing(out, folder=True) as tmp:
         done.cohort.write(tmp)
         done.provenance.to_csv(tmp / "provenance.csv", index=False)
@@ -290,17 +290,10 @@ def write_completion(done: Completion, out: str | os.PathLike) -> Path:
                 sd.to_parquet(tmp / "uncertainty" / f"{m}.sd.parquet")
         for k, c in enumerate(done.copies):
             c.write(tmp / "draws" / f"draw_{k + 1:03d}")
-        (tmp / "summary.json").write_text(json.dumps(_jsonable(info), indent=2))
+        (tmp / "summary.json").write_text(_json(info, indent=2))
     return out
 
 
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (np.floating,)):
-        return float(x)
-    return x
+def _json(x, **kw) -> str:
+    """JSON of ``x``; numpy scalars as their Python values."""
+    return json.dumps(x, default=lambda o: o.item() if hasattr(o, "item") else str(o), **kw)
