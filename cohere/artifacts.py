@@ -86,15 +86,14 @@ def _sealed_part(config: dict) -> dict:
     return {k: v for k, v in config.items() if k != "files"}
 
 
-def save_artifact(folder: str | os.PathLike, config: dict, tensors: dict[str, torch.Tensor],
-                  card: str) -> str:
-    """Write an artifact folder atomically (replacing an existing one); return its digest."""
-    folder = Path(folder)
+def pack_artifact(config: dict, tensors: dict[str, torch.Tensor], card: str) -> tuple[str, dict[str, bytes]]:
+    """The files of an artifact folder as bytes ({name: content}) and its digest, written by
+    nothing yet: :func:`write_artifact` puts them in place. A training worker packs, the
+    process that owns the models folder writes (cohere.executors)."""
     if config.get("kind") not in KINDS:
         raise ValueError(f"config['kind'] must be one of {KINDS}")
     # the config exactly as it reads back from config.json (tuples -> lists, ...)
     config = json.loads(json.dumps(_sealed_part({**config, "cohere_version": __version__})))
-    _check_ids(folder / CONFIG, config)  # nothing is saved that read_config would refuse
     import torch  # here, not at import: the CLI starts without torch
     from safetensors.torch import save
 
@@ -104,10 +103,27 @@ def save_artifact(folder: str | os.PathLike, config: dict, tensors: dict[str, to
     weights = save(tensors, metadata={SEALED: canonical_json(config)})
     digest = hashlib.sha256(weights).hexdigest()
     config["files"] = {WEIGHTS: digest}
+    return digest, {WEIGHTS: weights, CONFIG: (json.dumps(config, indent=2, sort_keys=True) + "\n").encode(),
+                    CARD: card.encode()}
+
+
+def write_artifact(folder: str | os.PathLike, files: dict[str, bytes]) -> None:
+    """Write packed files (:func:`pack_artifact`) as the folder, atomically, replacing an
+    existing one. Their ids are checked first: nothing is written that read_config would refuse."""
+    folder = Path(folder)
+    if set(files) != {WEIGHTS, CONFIG, CARD}:
+        raise CohereError(f"{folder}: an artifact has the files {WEIGHTS}, {CONFIG} and {CARD}, got {sorted(files)}")
+    _check_ids(folder / CONFIG, json.loads(files[CONFIG]))
     with writing(folder, folder=True) as tmp:
-        (tmp / WEIGHTS).write_bytes(weights)
-        (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        (tmp / CARD).write_text(card)
+        for name in (WEIGHTS, CONFIG, CARD):  # the config last: a folder without it is no artifact
+            (tmp / name).write_bytes(files[name])
+
+
+def save_artifact(folder: str | os.PathLike, config: dict, tensors: dict[str, torch.Tensor],
+                  card: str) -> str:
+    """Write an artifact folder atomically (replacing an existing one); return its digest."""
+    digest, files = pack_artifact(config, tensors, card)
+    write_artifact(folder, files)
     return digest
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .artifacts import load_artifact, read_config, render_card, save_artifact
+from .artifacts import load_artifact, pack_artifact, read_config, render_card, write_artifact
 from .diffusion import Denoiser, DenoiserConfig, NoiseSchedule
 from .diffusion.train import TrainConfig, TrainResult, random_search, split_validation, train_denoiser
 from .errors import CohereError
@@ -344,14 +344,19 @@ class _DiffusionModel:
             cfg["source"] = self.sources[0]
         return cfg
 
-    def save(self, folder: str | os.PathLike) -> str:
-        """Write the artifact folder (config.json, model.safetensors, README.md); return the digest."""
+    def pack(self) -> tuple[str, dict[str, bytes]]:
+        """The artifact's files as bytes and its digest (:func:`~cohere.artifacts.pack_artifact`)."""
         config = self._config()
         card = render_card(self.card_template, config=config)
         tensors = {**self.model.state_dict(), "x0_bounds.low": self.x0_bounds[0], "x0_bounds.high": self.x0_bounds[1],
                    **({} if self.mean is None else self.mean.tensors()),
                    **({} if self.noise_error is None else {"noise_error": self.noise_error})}
-        self.digest = save_artifact(folder, config, tensors, card)
+        return pack_artifact(config, tensors, card)
+
+    def save(self, folder: str | os.PathLike) -> str:
+        """Write the artifact folder (config.json, model.safetensors, README.md); return the digest."""
+        self.digest, files = self.pack()
+        write_artifact(folder, files)
         self.path = Path(folder)
         return self.digest
 
@@ -490,7 +495,7 @@ class _DiffusionModel:
     # -- training helpers
 
     @staticmethod
-    def _train(x0, conds, mask, config, schedule, search: int, progress, mean: bool = False):
+    def _train(x0, conds, mask, config, schedule, search: int, progress, mean: bool = False, run_trials=None):
         """Carve out the validation rows, fit the ridge mean on the others (``mean``), and
         train (or search) with checkpoints scored by :func:`validation_scorer`.
         Returns (result, search trials or None, RidgeMean or None, noise-error profile, its
@@ -504,7 +509,7 @@ class _DiffusionModel:
         val_mask = np.ones((len(va), len(conds)), np.float32) if mask is None else mask[va]
         if search and search > 1:
             res = random_search(search, x0, conds, mask, base=config, schedule=schedule, seed=config.seed,
-                                progress=progress, offset=ridge, score=score, val_rows=va)
+                                progress=progress, offset=ridge, score=score, val_rows=va, run_trials=run_trials)
             res, trials = res.best, res.trials
         else:
             res = train_denoiser(x0[tr], [c[tr] for c in conds], None if mask is None else mask[tr], config,
@@ -567,10 +572,12 @@ class Expert(_DiffusionModel):
     @classmethod
     def fit(cls, source: str, target: str, source_latents, target_latents, encoders: Mapping,
             config: TrainConfig | None = None, schedule: NoiseSchedule | None = None, search: int = 0,
-            progress: Callable | None = None, training: Mapping | None = None) -> "Expert":
+            progress: Callable | None = None, training: Mapping | None = None,
+            run_trials: Callable | None = None) -> "Expert":
         """Train on paired rows (training split only): ``source_latents`` and
         ``target_latents`` (n, d) of the same samples; ``encoders`` {modality: encoder or
-        digest} for source and target. ``search`` > 1: random search over that many configs."""
+        digest} for source and target. ``search`` > 1: random search over that many configs,
+        trained by ``run_trials`` (see :func:`~cohere.diffusion.train.random_search`)."""
         config = TrainConfig() if config is None else config
         schedule = NoiseSchedule() if schedule is None else schedule
         if source == target:
@@ -582,7 +589,8 @@ class Expert(_DiffusionModel):
             if not source_latents.index.equals(target_latents.index):
                 raise CohereError(f"{source} and {target} latents must have the same samples in the same order")
         res, trials, mean, profile, spread, report = cls._train(x.numpy(), [c.numpy()], None, config, schedule,
-                                                                search, progress, mean=config.mean == "ridge")
+                                                                search, progress, mean=config.mean == "ridge",
+                                                                run_trials=run_trials)
         metrics, train_info = cls._record(res, trials, training, report)
         obj = cls(source, target, res.model, schedule, digests, res.config, metrics, train_info, res.x0_bounds,
                   mean, profile, spread)
@@ -622,7 +630,8 @@ class MultiConditionModel(_DiffusionModel):
     @classmethod
     def fit(cls, target: str, target_latents, source_latents: Mapping[str, object], encoders: Mapping,
             config: TrainConfig | None = None, schedule: NoiseSchedule | None = None, search: int = 0,
-            progress: Callable | None = None, training: Mapping | None = None) -> "MultiConditionModel":
+            progress: Callable | None = None, training: Mapping | None = None,
+            run_trials: Callable | None = None) -> "MultiConditionModel":
         """Train on every training sample that has the target: ``target_latents`` (n, d);
         ``source_latents`` {modality: (n, d)} aligned with it, a row all NaN where that sample
         lacks the modality (the real missingness). Extra random masking per ``config``."""
@@ -644,7 +653,8 @@ class MultiConditionModel(_DiffusionModel):
                     raise CohereError(f"multi->{target}: {m} latents must be aligned with the target's samples "
                                       "(reindex them, NaN rows where missing)")
         res, trials, _, profile, spread, report = cls._train(x.numpy(), [c.numpy() for c in conds], mask.numpy(),
-                                                             config, schedule, search, progress)
+                                                             config, schedule, search, progress,
+                                                             run_trials=run_trials)
         presence = {m: int(mask[:, i].sum()) for i, m in enumerate(sources)}
         metrics, train_info = cls._record(res, trials, {"n_with_source": presence, **dict(training or {})}, report)
         obj = cls(sources, target, res.model, schedule, digests, res.config, metrics, train_info, res.x0_bounds,

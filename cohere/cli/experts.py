@@ -17,31 +17,6 @@ from .encoders import encoder_dir
 # the training recipe's defaults (cohere.diffusion.train.TrainConfig), shown in --help without
 # importing it (and torch) to build the app; tests/test_cli.py checks that they agree
 SHOWN_RECIPE = {"steps": 20000, "batch_size": 256, "lr": 0.006, "hidden": 256, "layers": 4}
-MIN_PAIRED = 20  # training samples with both modalities that an expert needs at least
-
-
-def _plan(ids: list[str], all_: bool, modalities: list[str]) -> list[tuple[str, str]]:
-    """(source or 'multi', target) pairs to train."""
-    if all_ == bool(ids):
-        raise CohereError("give model ids (e.g. rnaseq->cna, multi->cna) or --all")
-    if all_:
-        if len(modalities) < 2:
-            raise CohereError(f"--all needs at least two modalities with encoders; found {', '.join(modalities) or 'none'}")
-        pairs = [(s, t) for t in modalities for s in modalities if s != t]
-        return pairs + [("multi", t) for t in modalities]
-    from ..experts import parse_id
-
-    plan = []
-    for i in ids:
-        s, t = parse_id(i)
-        for m in ([t] if s == "multi" else [s, t]):
-            if m not in modalities:
-                raise CohereError(f"{i}: no {m!r} in the cohort with an encoder (available: "
-                                  f"{', '.join(modalities)}); train it with 'cohere encoders train'")
-        if s == "multi" and len(modalities) < 2:
-            raise CohereError(f"{i}: a multi-condition model needs at least one other modality with an encoder")
-        plan.append((s, t))
-    return plan
 
 
 def train(
@@ -58,22 +33,42 @@ def train(
     layers: Optional[int] = typer.Option(None, help=f"Hidden layers (default {SHOWN_RECIPE['layers']})."),
     select: Optional[str] = typer.Option(None, help="Checkpoint criterion: energy (default) or mse (the paper's)."),
     search: int = typer.Option(0, min=0, help="Random search over the paper's grid: N configurations per model (0 = off)."),
+    executor: str = typer.Option("serial", help="Where models train: serial (here, one after another) or ray "
+                                                "(a local Ray on this machine's cores, or the cluster at --address)."),
+    address: Optional[str] = typer.Option(None, help="--executor ray: the Ray cluster to use ('auto', or "
+                                                      "ray://HEAD:10001); default: start a local Ray."),
+    cpus_per_model: int = typer.Option(1, min=1, help="CPU cores (torch threads) per model, or per search trial. "
+                                                      "Part of the recipe: the same value gives the same weights "
+                                                      "on every executor."),
+    ray_storage: Optional[str] = typer.Option(None, help="--executor ray --search: where Ray Tune keeps trial "
+                                                          "checkpoints (default a temporary folder; on a cluster "
+                                                          "of several machines, a path every node reaches)."),
+    force: bool = typer.Option(False, help="Retrain models whose artifacts are already up to date."),
 ):
     """Train diffusion experts on the training split's latents and save them as artifacts.
 
+    Each model is written as soon as it is trained. A re-run skips the models already up to
+    date (same encoders, recipe and training data) and trains only what is missing.
+
     Examples:
       cohere experts train rnaseq->cna --cohort data/ --models models/
-      cohere experts train --all --cohort data/ --models models/
+      cohere experts train --all --cohort data/ --models models/ --executor ray
     """
     dev = check_device(device)
     check_paths(cohort=cohort, folders={"--models": models})
+    if executor not in ("serial", "ray"):
+        raise CohereError(f"--executor must be serial or ray, got {executor!r}")
+    if executor == "serial" and (address or ray_storage):
+        raise CohereError(f"{'--address' if address else '--ray-storage'} is for --executor ray; add it or drop the option")
     from ..diffusion.train import TrainConfig
     from ..encoders import load_encoder
-    from ..experts import Expert, MultiConditionModel, model_dir
+    from ..executors import RayExecutor, SerialExecutor
+    from ..training import make_jobs, plan, train_jobs
 
+    runner = RayExecutor(address, cpus_per_model, storage=ray_storage) if executor == "ray" else SerialExecutor()
     overrides = {k: v for k, v in dict(steps=steps, batch_size=batch_size, lr=lr, hidden=hidden, layers=layers,
                                        select=select).items() if v is not None}
-    config = dataclasses.replace(TrainConfig(seed=seed, device=dev), **overrides)
+    config = dataclasses.replace(TrainConfig(seed=seed, device=dev, threads=cpus_per_model), **overrides)
 
     found = sorted(p.name for p in (models / "encoders").glob("*") if (p / "config.json").is_file())
     if not found:
@@ -85,9 +80,9 @@ def train(
     if missing:
         typer.echo(f"note: no encoder for {', '.join(missing)} in {models / 'encoders'}; skipping "
                    f"(train with 'cohere encoders train --modality M --cohort {cohort} --models {models}')", err=True)
-    plan = _plan(list(ids or []), all_, modalities)
+    pairs = plan(list(ids or []), all_, modalities)
 
-    needed = sorted({m for s, t in plan for m in ([t] + (modalities if s == "multi" else [s]))})
+    needed = sorted({m for s, t in pairs for m in ([t] + (modalities if s == "multi" else [s]))})
     train_ids = c.ids_in("train", seed)
     encoders, latents = {}, {}
     for m in needed:
@@ -96,43 +91,13 @@ def train(
         latents[m] = enc.encode_cohort(c, c.tables[m].index.intersection(train_ids))
         typer.echo(f"{m}: {len(latents[m])} training samples encoded with encoder {enc.digest[:12]}", err=True)
         note_imputation(enc.imputation_)
-    for s, t in plan:  # every expert's pair checked before any training
-        both = latents[t].index.intersection(latents[s].index) if s != "multi" else None
-        if both is not None and len(both) < MIN_PAIRED:
-            raise CohereError(f"{s}->{t}: only {len(both)} training samples have both {s} and {t}; "
-                              f"at least {MIN_PAIRED} are needed")
+    jobs = make_jobs(pairs, latents, encoders, config, search, c.path.name if c.path else "")
 
-    name = c.path.name if c.path else ""
     t_all = time.perf_counter()
-    trained = []
-    for i, (s, t) in enumerate(plan, 1):
-        model_id = f"{s}->{t}"
-        info = {"cohort": name, "seed": seed}
-        with progress(f"[{i}/{len(plan)}] {model_id}", config.steps) as update:
-            def report(step, total, hist, update=update):
-                update(step)
-
-            if s == "multi":
-                sources = [m for m in modalities if m != t]
-                target = latents[t]
-                src = {m: latents[m].reindex(target.index) for m in sources}
-                info["description"] = (f"{len(target)} training samples of cohort '{name}' with {t}; "
-                                       f"sources {', '.join(sources)} with their real missingness.")
-                model = MultiConditionModel.fit(t, target, src, encoders, config, search=search,
-                                                progress=report, training=info)
-            else:
-                both = latents[s].index.intersection(latents[t].index)
-                info["description"] = f"{len(both)} training samples of cohort '{name}' with both {s} and {t}."
-                model = Expert.fit(s, t, latents[s].loc[both], latents[t].loc[both], encoders, config,
-                                   search=search, progress=report, training=info)
-        mt = model.metrics
-        typer.echo(f"{model_id}: trained  n_train={model.training['n_train']}  {model.fit_seconds:.0f}s  "
-                   f"{quality_line(mt)}".rstrip())
-        trained.append(model)
-    for model in trained:  # saved once every model is trained: a failure writes nothing
-        folder = model_dir(models, model.id)
-        typer.echo(f"{model.id}: saved {folder}  digest {model.save(folder)[:12]}")
-    typer.echo(f"trained {len(plan)} model(s) in {time.perf_counter() - t_all:.0f}s")
+    outcome = train_jobs(jobs, models, runner, force=force, log=typer.echo, progress=progress, describe=quality_line)
+    typer.echo(f"trained {len(outcome.saved)} model(s) in {time.perf_counter() - t_all:.0f}s on {runner.name}"
+               + (f"; {len(outcome.skipped)} up to date" if outcome.skipped else ""))
+    outcome.check(models)
 
 
 def list_(

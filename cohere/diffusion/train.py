@@ -469,6 +469,16 @@ def sample_configs(n_configs: int, base: TrainConfig | None = None, seed: int = 
     return out
 
 
+# run_trials(configs, train, val, options) -> one TrainResult per config, in their order:
+# train_denoiser(*train, config=cfg, val=val, **options) for each (see serial_trials)
+TrialRunner = Callable[[list, tuple, tuple, dict], list]
+
+
+def serial_trials(configs: list[TrainConfig], train: tuple, val: tuple, options: dict) -> list[TrainResult]:
+    """The configurations of a search trained one after another in this process."""
+    return [train_denoiser(*train, config=cfg, val=val, **options) for cfg in configs]
+
+
 def random_search(
     n_configs: int,
     x0,
@@ -481,10 +491,13 @@ def random_search(
     offset: Callable | None = None,
     score: Score | None = None,
     val_rows: np.ndarray | None = None,
+    run_trials: TrialRunner | None = None,
 ) -> SearchResult:
     """Train ``n_configs`` configurations (see :func:`sample_configs`) on the same training
-    and validation rows and keep the one with the best selection criterion. ``val_rows``:
-    the validation row indices (default: :func:`split_validation`)."""
+    and validation rows and keep the one with the best selection criterion (the first of
+    equals). ``val_rows``: the validation row indices (default: :func:`split_validation`).
+    ``run_trials``: how the configurations are trained (default :func:`serial_trials`, one
+    after another here; cohere.executors runs them as Ray Tune trials)."""
     base = TrainConfig() if base is None else base
     configs = sample_configs(n_configs, base, seed)
     _, _, m = _as_data(x0, conds, mask, "training data")
@@ -497,10 +510,12 @@ def random_search(
     mk = None if mask is None else np.asarray(mask, np.float32)
     train = (x0[tr], [c[tr] for c in conds], None if mk is None else mk[tr])
     val = (x0[va], [c[va] for c in conds], None if mk is None else mk[va])
+    results = (run_trials or serial_trials)(configs, train, val, dict(schedule=schedule, progress=progress,
+                                                                       offset=offset, score=score))
+    if len(results) != len(configs):
+        raise CohereError(f"the search trained {len(results)} of its {len(configs)} configurations")
     best, trials = None, []
-    for i, cfg in enumerate(configs):
-        res = train_denoiser(*train, config=cfg, schedule=schedule, val=val, progress=progress, offset=offset,
-                             score=score)
+    for cfg, res in zip(configs, results):
         keys = ("hidden", "layers", "time_dim", "cond_emb_dim", "batch_size", "lr")
         trials.append({**{k: getattr(cfg, k) for k in keys}, **res.metrics})
         if best is None or res.criterion < best.criterion:

@@ -21,16 +21,18 @@ import pandas as pd
 from ..cohort import Cohort
 from ..diffusion.train import TrainConfig
 from ..encoders import make_encoder
-from ..experts import Expert, MultiConditionModel, model_dir
+from ..executors import SerialExecutor
 from ..plugins import get_modality
+from ..training import make_jobs, plan, train_jobs
 from . import experiments as E
 
 
 def train_models(cohort: Cohort, models: str | Path, modalities: list[str], config: TrainConfig | None = None,
                  encoder_kwargs: dict | None = None, max_train: int | None = None, seed: int = 0,
-                 log=print) -> dict:
+                 log=print, executor=None) -> dict:
     """Fit encoders + every expert ``s->t`` + one multi model per target on the training split.
-    ``max_train`` subsamples the training patients (quick runs). Returns seconds per artifact."""
+    ``max_train`` subsamples the training patients (quick runs). ``executor``: where the
+    models train (cohere.executors; default serial). Returns seconds per artifact."""
     models = Path(models)
     config = config or TrainConfig(seed=seed)
     train_ids = cohort.ids_in("train", seed)
@@ -50,19 +52,10 @@ def train_models(cohort: Cohort, models: str | Path, modalities: list[str], conf
         encoders[m], latents[m] = enc, enc.encode(tr)
         seconds[f"encoder {m}"] = round(time.perf_counter() - t0, 1)
         log(f"encoder {m}: {len(tr)} training samples, {seconds[f'encoder {m}']}s")
-    plan = [(s, t) for t in modalities for s in modalities if s != t] + [("multi", t) for t in modalities]
-    for s, t in plan:
-        t0 = time.perf_counter()
-        if s == "multi":
-            target = latents[t]
-            src = {m: latents[m].reindex(target.index) for m in modalities if m != t}
-            model = MultiConditionModel.fit(t, target, src, encoders, config)
-        else:
-            both = latents[s].index.intersection(latents[t].index)
-            model = Expert.fit(s, t, latents[s].loc[both], latents[t].loc[both], encoders, config)
-        model.save(model_dir(models, model.id))
-        seconds[model.id] = round(time.perf_counter() - t0, 1)
-        log(f"{model.id}: {seconds[model.id]}s, val_r2 {model.metrics.get('val_r2', float('nan')):.3f}")
+    jobs = make_jobs(plan([], True, modalities), latents, encoders, config, cohort_name=cohort.path.name if cohort.path else "")
+    outcome = train_jobs(jobs, models, executor or SerialExecutor(), force=True, log=log)
+    outcome.check(models)
+    seconds |= {i: round(s_, 1) for i, s_ in outcome.seconds.items()}
     return seconds
 
 
