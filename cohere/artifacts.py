@@ -92,6 +92,8 @@ def pack_artifact(config: dict, tensors: dict[str, torch.Tensor], card: str) -> 
     process that owns the models folder writes (cohere.executors)."""
     if config.get("kind") not in KINDS:
         raise ValueError(f"config['kind'] must be one of {KINDS}")
+    if not isinstance(card, str):
+        raise TypeError(f"the model card must be text, got {type(card).__name__}")
     # the config exactly as it reads back from config.json (tuples -> lists, ...)
     config = json.loads(json.dumps(_sealed_part({**config, "cohere_version": __version__})))
     import torch  # here, not at import: the CLI starts without torch

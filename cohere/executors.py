@@ -25,7 +25,6 @@ from pathlib import Path
 from .errors import CohereError
 from .training import Job, Trained, run_job
 
-EXECUTORS = ("serial", "ray")
 RAY_EXTRA = "pip install 'cohere[ray]'"
 
 
@@ -77,11 +76,12 @@ class RayExecutor:
     name = "ray"
 
     def __init__(self, address: str | None = None, cpus_per_model: int = 1, num_cpus: int | None = None,
-                 storage: str | None = None):
+                 storage: str | None = None, gpus_per_model: float = 0):
         if isinstance(cpus_per_model, bool) or not isinstance(cpus_per_model, int) or cpus_per_model < 1:
             raise CohereError(f"--cpus-per-model must be an int >= 1, got {cpus_per_model!r}")
         self.ray = require_ray()
         self.address, self.cpus, self.num_cpus, self.storage = address, cpus_per_model, num_cpus, storage
+        self.gpus = gpus_per_model  # --device cuda: each model (or trial) holds a GPU
 
     def _start(self) -> bool:
         """Connect (or start a local Ray); True if this call started it and must stop it."""
@@ -107,7 +107,7 @@ class RayExecutor:
             plain = [i for i, j in enumerate(jobs) if j.search <= 1]
             # max_retries: a worker lost (killed, out of memory, its node gone) is retried once;
             # an error raised by the training itself is not (it would fail again)
-            task = ray.remote(num_cpus=self.cpus, max_retries=1)(run_job)
+            task = ray.remote(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=1)(run_job)
             pending = {task.remote(jobs[i]): i for i in plain}
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)
@@ -118,7 +118,7 @@ class RayExecutor:
                     yield i, _reason(e)
             for i, job in enumerate(jobs):
                 if job.search > 1:
-                    trials = TuneTrials(self.cpus, self.storage, lambda f, i=i: report(i, f))
+                    trials = TuneTrials(self.cpus, self.storage, lambda f, i=i: report(i, f), self.gpus)
                     try:
                         yield i, run_job(job, None, run_trials=trials)
                     except CohereError as e:
@@ -149,8 +149,9 @@ class TuneTrials:
     evaluation and stops early by the recipe's patience on the same score; its selected
     checkpoint comes back as safetensors + JSON through Tune's checkpoint storage."""
 
-    def __init__(self, cpus: int = 1, storage: str | None = None, report: Callable[[float], None] | None = None):
-        self.cpus, self.storage, self.report = cpus, storage, report
+    def __init__(self, cpus: int = 1, storage: str | None = None, report: Callable[[float], None] | None = None,
+                 gpus: float = 0):
+        self.cpus, self.storage, self.report, self.gpus = cpus, storage, report, gpus
 
     def __call__(self, configs, train: tuple, val: tuple, options: dict) -> list:
         import os
@@ -162,7 +163,7 @@ class TuneTrials:
         options = dict(options)
         options.pop("progress", None)  # this process's; the trials report to Tune instead
         data = {"train": train, "val": val, "options": options, "configs": [c.to_dict() for c in configs]}
-        trainable = tune.with_resources(tune.with_parameters(_trial, data=data), {"cpu": self.cpus})
+        trainable = tune.with_resources(tune.with_parameters(_trial, data=data), {"cpu": self.cpus, "gpu": self.gpus})
         key = id(self)
         if self.report is not None:
             _REPORTERS[key] = self.report

@@ -205,8 +205,8 @@ class Outcome:
     def check(self, models: str | Path) -> None:
         """Raise one line naming the failures (what was saved stays)."""
         if self.failed:
-            kept = f"the {len(self.saved) + len(self.skipped)} others are saved in {models}; " if (
-                self.saved or self.skipped) else ""
+            n = len(self.saved) + len(self.skipped)
+            kept = f"{n} other model(s) are saved in {models}; " if n else ""
             reasons = "; ".join(f"{i}: {why}" for i, why in self.failed.items())
             raise CohereError(f"{len(self.failed)} model(s) failed ({reasons}); {kept}re-run the same command to "
                               "train only what is missing")

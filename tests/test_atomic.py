@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from cohere import atomic
-from cohere.artifacts import load_artifact, save_artifact
+from cohere.artifacts import load_artifact, pack_artifact, save_artifact, write_artifact
 from cohere.cohort import atomic_write_table
 
 TABLE = pd.DataFrame({"a": [1.0, 2.0]}, index=pd.Index(["s1", "s2"], name="sample"))
@@ -92,6 +92,10 @@ def test_an_interrupted_artifact_save_keeps_the_old_folder(tmp_path, monkeypatch
 def test_a_failed_save_before_the_rename_leaves_nothing(tmp_path):
     with pytest.raises(TypeError):
         save_artifact(tmp_path / "cna", CONFIG, {"w": torch.ones(2)}, card=None)  # the card is not text
+    assert list(tmp_path.iterdir()) == []
+    _, files = pack_artifact(CONFIG, {"w": torch.ones(2)}, "card")
+    with pytest.raises(TypeError):  # the weights are written into the temporary folder, then the card fails
+        write_artifact(tmp_path / "cna", {**files, "README.md": None})
     assert list(tmp_path.iterdir()) == []
 
 

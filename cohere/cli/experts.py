@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 
 from ..errors import CohereError
-from .common import check_device, check_paths, note_imputation, progress, quality, quality_line, read_cohort
+from .common import check_choice, check_device, check_paths, note_imputation, progress, quality, quality_line, read_cohort
 from .encoders import encoder_dir
 
 # the training recipe's defaults (cohere.diffusion.train.TrainConfig), shown in --help without
@@ -56,8 +56,7 @@ def train(
     """
     dev = check_device(device)
     check_paths(cohort=cohort, folders={"--models": models})
-    if executor not in ("serial", "ray"):
-        raise CohereError(f"--executor must be serial or ray, got {executor!r}")
+    check_choice("--executor", executor, ("serial", "ray"))
     if executor == "serial" and (address or ray_storage):
         raise CohereError(f"{'--address' if address else '--ray-storage'} is for --executor ray; add it or drop the option")
     from ..diffusion.train import TrainConfig
@@ -65,7 +64,8 @@ def train(
     from ..executors import RayExecutor, SerialExecutor
     from ..training import make_jobs, plan, train_jobs
 
-    runner = RayExecutor(address, cpus_per_model, storage=ray_storage) if executor == "ray" else SerialExecutor()
+    runner = (RayExecutor(address, cpus_per_model, storage=ray_storage, gpus_per_model=1 if dev == "cuda" else 0)
+              if executor == "ray" else SerialExecutor())
     overrides = {k: v for k, v in dict(steps=steps, batch_size=batch_size, lr=lr, hidden=hidden, layers=layers,
                                        select=select).items() if v is not None}
     config = dataclasses.replace(TrainConfig(seed=seed, device=dev, threads=cpus_per_model), **overrides)
