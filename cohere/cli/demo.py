@@ -32,9 +32,10 @@ def demo(
     from ..diffusion.train import TrainConfig
     from ..encoders import make_encoder
     from ..evaluation.metrics import r2
-    from ..experts import Expert, MultiConditionModel, model_dir
+    from ..executors import SerialExecutor
     from ..generation import ModelSource, generate_missing
     from ..simulate import simulate_cohort
+    from ..training import make_jobs, plan, train_jobs
 
     cohort, truth = simulate_cohort(n_patients=patients, seed=seed)
     cohort.write(out / "cohort")
@@ -63,21 +64,8 @@ def demo(
     typer.echo("\n2. experts C->X for every pair, and one multi-condition model per target")
     t2 = time.perf_counter()
     cfg = TrainConfig(seed=seed, **DEMO_RECIPE)
-    plan = [(s, t) for t in cohort.modalities for s in [*(m for m in cohort.modalities if m != t), "multi"]]
-    with progress(f"   {len(plan)} models, steps", len(plan) * cfg.steps) as update:
-        for i, (src, target) in enumerate(plan):
-            def report(step, total, hist, before=i * cfg.steps):
-                update(before + step)
-
-            if src == "multi":
-                y = latents[target]
-                srcs = {m: latents[m].reindex(y.index) for m in cohort.modalities if m != target}
-                model = MultiConditionModel.fit(target, y, srcs, encoders, cfg, progress=report)
-            else:
-                ids = latents[src].index.intersection(latents[target].index)
-                model = Expert.fit(src, target, latents[src].loc[ids], latents[target].loc[ids], encoders, cfg,
-                                   progress=report)
-            model.save(model_dir(models, model.id))
+    model_jobs = make_jobs(plan([], True, cohort.modalities), latents, encoders, cfg, cohort_name="simulated")
+    train_jobs(model_jobs, models, SerialExecutor(), force=True, log=lambda line: None, progress=progress).check(models)
     for target in cohort.modalities:
         typer.echo(f"   {target}: {len(cohort.modalities) - 1} experts + multi->{target}")
     typer.echo(f"   {time.perf_counter() - t2:.0f} s")
