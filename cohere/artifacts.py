@@ -117,7 +117,7 @@ def write_artifact(folder: str | os.PathLike, files: dict[str, bytes]) -> None:
         raise CohereError(f"{folder}: an artifact has the files {WEIGHTS}, {CONFIG} and {CARD}, got {sorted(files)}")
     _check_ids(folder / CONFIG, json.loads(files[CONFIG]))
     with writing(folder, folder=True) as tmp:
-        for name in (WEIGHTS, CONFIG, CARD):  # the config last: a folder without it is no artifact
+        for name in (WEIGHTS, CARD, CONFIG):  # the config last: a folder without it is no artifact
             (tmp / name).write_bytes(files[name])
 
 

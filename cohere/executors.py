@@ -190,7 +190,6 @@ class TuneTrials:
 
 def _trial(params: dict, data: dict) -> None:
     """One Tune trial: train one configuration, report every evaluation, then the selected checkpoint."""
-    import torch
     from ray import tune
     from safetensors.torch import save_file
 
@@ -201,13 +200,7 @@ def _trial(params: dict, data: dict) -> None:
     def progress(step, total, info):
         tune.report({"criterion": float(info[criterion_key(cfg, info)]), "step": step})
 
-    before = torch.get_num_threads()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    try:
-        res = train_denoiser(*data["train"], config=cfg, val=data["val"], progress=progress, **data["options"])
-    finally:
-        torch.set_num_threads(before)
+    res = train_denoiser(*data["train"], config=cfg, val=data["val"], progress=progress, **data["options"])
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         save_file({**res.model.state_dict(), "x0_bounds.low": res.x0_bounds[0], "x0_bounds.high": res.x0_bounds[1]},

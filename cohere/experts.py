@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 
 from .artifacts import load_artifact, pack_artifact, read_config, render_card, write_artifact
+from .atomic import is_temp
 from .diffusion import Denoiser, DenoiserConfig, NoiseSchedule
 from .diffusion.train import TrainConfig, TrainResult, random_search, split_validation, train_denoiser
 from .errors import CohereError
@@ -722,6 +723,8 @@ def model_dir(models: str | os.PathLike, model_id: str) -> Path:
 
 
 def list_models(models: str | os.PathLike) -> list[Path]:
-    """The expert / multi artifact folders under ``MODELS/experts``, sorted."""
+    """The expert / multi artifact folders under ``MODELS/experts``, sorted (not the temporary
+    folder of one being written)."""
     root = Path(models) / "experts"
-    return sorted(p for p in root.glob("*") if (p / "config.json").is_file()) if root.is_dir() else []
+    return sorted(p for p in root.glob("*") if not is_temp(p.name) and (p / "config.json").is_file()) if (
+        root.is_dir()) else []

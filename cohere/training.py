@@ -32,7 +32,7 @@ import pandas as pd
 
 from . import __version__
 from .artifacts import load_artifact, write_artifact
-from .diffusion.train import TrainConfig
+from .diffusion.train import TrainConfig, cpu_threads
 from .errors import CohereError
 from .experts import Expert, MultiConditionModel, model_dir, parse_id
 
@@ -112,13 +112,8 @@ class Job:
 
     def fit(self, progress: Callable | None = None, run_trials: Callable | None = None):
         """Train the model (in this process, with torch's threads set to the recipe's)."""
-        import torch
-
         info = {**self.training, "request": self.request()}
-        before = torch.get_num_threads()
-        if self.config.threads:
-            torch.set_num_threads(self.config.threads)
-        try:
+        with cpu_threads(self.config):  # the post-fit calibration too, not only train_denoiser's loop
             if self.source == "multi":
                 return MultiConditionModel.fit(self.target, self.latents[self.target],
                                                {m: self.latents[m] for m in self.sources}, self.encoders,
@@ -127,8 +122,6 @@ class Job:
             return Expert.fit(self.source, self.target, self.latents[self.source], self.latents[self.target],
                               self.encoders, self.config, search=self.search, progress=progress, training=info,
                               run_trials=run_trials)
-        finally:
-            torch.set_num_threads(before)
 
 
 def make_jobs(pairs: Iterable[tuple[str, str]], latents: Mapping[str, pd.DataFrame], encoders: Mapping,

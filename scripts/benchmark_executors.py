@@ -25,12 +25,11 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tcga-
 
 
 def digests(models: Path) -> dict[str, str]:
-    out = {}
-    for folder in sorted((models / "experts").glob("*")):
-        if (folder / "config.json").is_file():
-            cfg = json.loads((folder / "config.json").read_text())
-            out[cfg["id"]] = cfg["files"]["model.safetensors"]
-    return out
+    """{model id: sha256 of its model.safetensors} of a models folder."""
+    from cohere.artifacts import WEIGHTS, read_config
+    from cohere.experts import list_models
+
+    return {cfg["id"]: cfg["files"][WEIGHTS] for cfg in map(read_config, list_models(models))}
 
 
 def main() -> None:

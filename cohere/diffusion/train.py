@@ -30,6 +30,7 @@ untouched for reporting. Everything is seeded: the same seed gives bit-identical
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -321,11 +322,19 @@ def train_denoiser(x0, conds, mask=None, config: TrainConfig | None = None, sche
     cfg = TrainConfig() if config is None else config
     if not isinstance(cfg, TrainConfig):
         raise CohereError(f"config must be a TrainConfig, got {type(cfg).__name__}")
+    with cpu_threads(cfg):
+        return _train(x0, conds, mask, cfg, schedule, val, progress, offset, score)
+
+
+@contextlib.contextmanager
+def cpu_threads(cfg: TrainConfig):
+    """torch's intra-op threads set to ``cfg.threads`` on the CPU (0: left as they are) for the
+    block, restored afterwards."""
     before = torch.get_num_threads()
     if cfg.threads and torch.device(cfg.device).type == "cpu":
         torch.set_num_threads(cfg.threads)
     try:
-        return _train(x0, conds, mask, cfg, schedule, val, progress, offset, score)
+        yield
     finally:
         torch.set_num_threads(before)
 
