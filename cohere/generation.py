@@ -30,7 +30,7 @@ from .errors import CohereError
 from .experts import Expert, MultiConditionModel, list_models, load_model
 from .modalities import Imputation, registry
 from .modalities.base import DEFAULT_MIN_COVERAGE
-from .sampling import CONSENSUS, METHODS, VARIANCES, Generation, generate
+from .sampling import CONSENSUS, METHODS, VARIANCES, Generation, generate, recenter
 
 WEIGHTINGS = ("inverse", "softmax", "uniform")
 DEFAULT_WEIGHTING = "inverse"
@@ -38,7 +38,8 @@ DEFAULT_CONSENSUS = "product"
 DEFAULT_VARIANCE = "analytic"
 # the paper's exact method (its code, r-marchesi/coherent-genAI, trajectory by trajectory):
 # DDPM over all T steps, softmax(1 / validation loss) weights, their weighted average, no x0 clamp
-PAPER_MODE = {"sampler": "ddpm", "weighting": "softmax", "consensus": "average", "variance": "fixed", "clip": False}
+PAPER_MODE = {"sampler": "ddpm", "weighting": "softmax", "consensus": "average", "variance": "fixed", "clip": False,
+              "stacking": False}
 DEFAULT_SAMPLER = "ddim"
 DEFAULT_STEPS = 20
 DEFAULT_ETA = 1.0
@@ -192,14 +193,35 @@ class Consensus:
     weights: list[float]
     schedule: object
     bounds: tuple  # the x_0 clamp: the widest training range of the target among the experts
+    stack: tuple | None = None  # (point (n, d), alpha): the mean stacking (see stacked_mean), or None
+
+
+def stacked_mean(experts: list[Expert], conds: dict, weights: list[float]) -> tuple | None:
+    """(point (n, d), alpha) that the mean of every patient's draws is stacked with
+    (:func:`cohere.sampling.recenter`), or None when an expert has no stacking (artifacts
+    before it). Each expert records ridge's prediction r_i(c_i), fitted on its training rows,
+    and its weight alpha_i, chosen on its held-out rows (:func:`cohere.experts.stack_weight`).
+    The point composes the ridge predictions the way the consensus composes the noise
+    predictions, m + sum_i w_i (r_i - m) with m the target's training mean (r_1 for one
+    expert; sum_i w_i r_i for the average, whose weights sum to one), and alpha is the
+    weighted mean of the alpha_i."""
+    if any(e.stack is None for e in experts):
+        return None
+    w = torch.tensor(weights, dtype=torch.float32)
+    points = torch.stack([e.stack_point([torch.as_tensor(conds[e.source], dtype=torch.float32)]) for e in experts])
+    prior = torch.stack([e.stack.prior for e in experts]).mean(0)  # (d,)
+    point = prior + (w[:, None, None] * (points - prior)).sum(0)  # (n, d)
+    alpha = float(sum(wi * e.stack_alpha for wi, e in zip(weights, experts)) / float(w.sum()))
+    return point, alpha
 
 
 def expert_consensus(experts: list[Expert], conds: dict, consensus: str = DEFAULT_CONSENSUS,
                      weighting: str = DEFAULT_WEIGHTING, weights: dict[str, float] | None = None,
-                     device: str = "cpu") -> Consensus:
+                     device: str = "cpu", stacking: bool = True) -> Consensus:
     """Experts ``source->X`` as consensus members for the rows of ``conds`` {source: (n, c)
     latents}: weights by :func:`product_weights` ("product") or :func:`consensus_weights`
-    ("average"), experts of weight 0 left out, and the unconditional members the product needs."""
+    ("average"), experts of weight 0 left out, the unconditional members the product needs,
+    and (``stacking``) the :func:`stacked_mean`."""
     w = product_weights(experts, weights) if consensus == "product" else consensus_weights(experts, weighting, weights)
     keep = [(e, wi) for e, wi in zip(experts, w) if wi > 0]   # a zero weight has no effect
     members = [e.to(device).member({e.source: torch.as_tensor(conds[e.source])}, weight=wi) for e, wi in keep]
@@ -208,7 +230,9 @@ def expert_consensus(experts: list[Expert], conds: dict, consensus: str = DEFAUL
     prior = [e.prior_member(n) for e, _ in keep] if consensus == "product" and len(keep) > 1 else []
     bounds = (torch.stack([e.x0_bounds[0] for e, _ in keep]).amin(0),
               torch.stack([e.x0_bounds[1] for e, _ in keep]).amax(0))
-    return Consensus(members, prior, [e.id for e, _ in keep], [wi for _, wi in keep], keep[0][0].schedule, bounds)
+    stack = stacked_mean([e for e, _ in keep], conds, [wi for _, wi in keep]) if stacking else None
+    return Consensus(members, prior, [e.id for e, _ in keep], [wi for _, wi in keep], keep[0][0].schedule, bounds,
+                     stack)
 
 
 # ---------------------------------------------------------------- the result
@@ -348,17 +372,20 @@ class GenerationJob:
     options: dict  # keyword arguments of cohere.sampling.generate
     settings: dict = field(default_factory=dict)
     imputation: dict[str, Imputation] = field(default_factory=dict)
+    stack: tuple | None = None  # (point (n, d), alpha) of the mean stacking, or None
 
     def batches(self, draws: int) -> list[tuple[int, int, np.ndarray]]:
         """(first draw, number of draws, patient indices) of each batch, at most
-        ``MAX_BATCH_ROWS`` rows each: whole draws of every patient when they fit, else blocks of
-        patients one draw at a time. The layout depends only on the cohort size and ``draws``."""
+        ``MAX_BATCH_ROWS`` rows each: blocks of patients with all of their draws (the mean
+        stacking needs every draw of a patient at once), or, for more draws than a batch
+        holds, one patient at a time in near-equal blocks of draws. The layout depends only on
+        the cohort size and ``draws``."""
         n = len(self.samples)
-        if n <= MAX_BATCH_ROWS:
-            per = max(1, MAX_BATCH_ROWS // n)
-            return [(k, min(per, draws - k), np.arange(n)) for k in range(0, draws, per)]
-        blocks = [np.arange(i, min(i + MAX_BATCH_ROWS, n)) for i in range(0, n, MAX_BATCH_ROWS)]
-        return [(k, 1, rows) for k in range(draws) for rows in blocks]
+        if draws <= MAX_BATCH_ROWS:
+            per = max(1, MAX_BATCH_ROWS // draws)
+            return [(0, draws, np.arange(i, min(i + per, n))) for i in range(0, n, per)]
+        size = -(-draws // -(-draws // MAX_BATCH_ROWS))
+        return [(k, min(size, draws - k), np.array([p])) for p in range(n) for k in range(0, draws, size)]
 
     def chunks(self, draws: int, seed: int = 0) -> Iterator[tuple[int, np.ndarray, Generation]]:
         """Yield (first draw, patient indices, :class:`~cohere.sampling.Generation` of their
@@ -373,8 +400,12 @@ class GenerationJob:
             members = self.members if whole else [m.take(index) for m in self.members]
             prior = self.prior if whole else [m.take(index) for m in self.prior]
             batch_seed = seed if b == 0 else int(np.random.SeedSequence([seed, b]).generate_state(1)[0])
-            yield first, rows, generate(members, self.schedule, len(rows), draws=count, seed=batch_seed,
-                                        prior=prior, **self.options)
+            gen = generate(members, self.schedule, len(rows), draws=count, seed=batch_seed, prior=prior,
+                           **self.options)
+            if self.stack is not None:
+                point, alpha = self.stack
+                gen.draws = recenter(gen.draws, point[index.to(point.device)], alpha)
+            yield first, rows, gen
 
     def result_bytes(self, draws: int) -> int:
         """Memory that keeping every draw takes: draws x patients x latent dimensions (float32)."""
@@ -404,6 +435,7 @@ def prepare_generation(
     consensus: str = DEFAULT_CONSENSUS,
     variance: str = DEFAULT_VARIANCE,
     min_coverage: float = DEFAULT_MIN_COVERAGE,
+    stacking: bool = True,
 ) -> GenerationJob:
     """Check everything, encode the conditions and load the models of a generation of
     ``target`` for every patient that has all of ``have`` (or ``patients``); nothing is
@@ -458,8 +490,9 @@ def prepare_generation(
         for e in models:
             if not isinstance(e, Expert) or e.target != target or e.source not in have:
                 raise CohereError(f"{e.id}: not an expert from one of {', '.join(have)} to {target}")
-        c = expert_consensus(models, {m: conds[m] for m in have}, consensus, weighting, weights, device)
+        c = expert_consensus(models, {m: conds[m] for m in have}, consensus, weighting, weights, device, stacking)
         members, prior, used, w, schedule, bounds = (c.members, c.prior, c.models, c.weights, c.schedule, c.bounds)
+        stack = c.stack
     else:
         multi = source.model(f"multi->{target}", encoders)
         if not isinstance(multi, MultiConditionModel):
@@ -468,7 +501,7 @@ def prepare_generation(
         if extra:
             raise CohereError(f"multi->{target} was not trained with {extra[0]!r} as a condition")
         members = [multi.to(device).member(conds, n=len(ids))]
-        used, w, schedule, bounds, prior = [multi.id], [1.0], multi.schedule, multi.x0_bounds, []
+        used, w, schedule, bounds, prior, stack = [multi.id], [1.0], multi.schedule, multi.x0_bounds, [], None
     steps = None if sampler == "ddpm" else steps
     variance = variance if sampler == "ddim" else "fixed"
     options = dict(method=sampler, steps=steps, eta=eta, threshold=threshold, fraction=fraction, attempts=attempts,
@@ -479,9 +512,12 @@ def prepare_generation(
                 "variance": variance if sampler == "ddim" else None,
                 "weighting": ("explicit" if weights is not None else
                               "informativeness" if consensus == "product" else weighting),
+                "stacking": None if stack is None else round(stack[1], 4),
                 "imputation": {m: r.to_dict() for m, r in imputation.items()}}
+    if stack is not None:
+        stack = (stack[0].to(device), stack[1])
     return GenerationJob(target, ids, method, used, w, encoders[target], members, prior, schedule.to(device),
-                         options, settings, imputation)
+                         options, settings, imputation, stack)
 
 
 def generate_missing(cohort: Cohort, target: str, have: list[str], source: ModelSource, method: str = "coherent",
@@ -502,7 +538,10 @@ def generate_missing(cohort: Cohort, target: str, have: list[str], source: Model
     narrow at few steps). ``threshold``, ``fraction``, ``attempts``: coherence rejection.
     ``min_coverage``: a condition table must have at least this share of its encoder's
     features (the rest are imputed from them; see :class:`cohere.modalities.Preprocessor`).
-    ``PAPER_MODE`` holds the options of the paper's exact method.
+    ``stacking`` (Coherent Denoising, two draws or more): move the mean of each patient's draws
+    to alpha * (their mean) + (1 - alpha) * the experts' composed ridge prediction, with the
+    weight alpha each expert chose on its held-out rows (:func:`stacked_mean`); the spread of
+    the draws is kept. ``PAPER_MODE`` holds the options of the paper's exact method.
     """
     job = prepare_generation(cohort, target, have, source, method, patients, **options)
     size = job.result_bytes(draws) if isinstance(draws, int) and draws > 0 else 0

@@ -334,6 +334,17 @@ class Generation:
         return self.draws.var(0, unbiased=False) if k > 1 else torch.zeros_like(self.draws[0])
 
 
+def recenter(draws: Tensor, point: Tensor, alpha: float) -> Tensor:
+    """Stack the mean of ``draws`` (K, n, d) with a point prediction ``point`` (n, d): shift
+    every draw of a row by the same vector so that the mean of its K draws becomes
+    ``alpha`` * (their mean) + (1 - ``alpha``) * ``point``. The spread of the draws around their
+    mean is untouched; with one draw (K = 1) there is no mean to stack and the draw is
+    returned as it is. ``alpha`` = 1 leaves the draws unchanged."""
+    if draws.shape[0] < 2 or alpha >= 1.0:
+        return draws
+    return draws - (1.0 - alpha) * (draws.mean(0, keepdim=True) - point.to(draws)[None])
+
+
 @torch.no_grad()
 def generate(
     members: Sequence[Member],

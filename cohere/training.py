@@ -107,8 +107,11 @@ class Job:
             h.update(f"{m}\0{len(frame)}\0".encode())
             h.update("\0".join(map(str, frame.index)).encode())
             h.update(np.ascontiguousarray(frame.to_numpy(np.float32)).tobytes())
-        return {"recipe": self.config.to_dict(), "search": self.search if self.search > 1 else 0,
-                "data_sha256": h.hexdigest()}
+        out = {"recipe": self.config.to_dict(), "search": self.search if self.search > 1 else 0,
+               "data_sha256": h.hexdigest()}
+        if self.source != "multi":
+            out["stacking"] = True  # experts fit the stacking of their mean (artifacts before it: retrained)
+        return out
 
     def fit(self, progress: Callable | None = None, run_trials: Callable | None = None):
         """Train the model (in this process, with torch's threads set to the recipe's)."""

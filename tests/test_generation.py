@@ -201,13 +201,18 @@ def test_chunked_generation_covers_every_draw_once_and_is_seeded(world, monkeypa
     source = ModelSource.folder(models)
     job = G.prepare_generation(small, "rppa", ["rnaseq"], source)
     n = len(job.samples)
-    monkeypatch.setattr(G, "MAX_BATCH_ROWS", n // 3)  # patients in blocks, one draw at a time
+    monkeypatch.setattr(G, "MAX_BATCH_ROWS", n // 3)  # blocks of patients, each with all of its draws
     layout = job.batches(4)
-    assert len(layout) == 4 * 4 and all(len(rows) <= n // 3 for _, _, rows in layout)
+    per = (n // 3) // 4
+    assert len(layout) == -(-n // per) and all(first == 0 and k == 4 and len(rows) <= per for first, k, rows in layout)
     seen = np.zeros((4, n), dtype=int)
     for first, k, rows in layout:
         seen[first:first + k, rows] += 1
     assert (seen == 1).all()
+    many = job.batches(n // 3 * 2 + 1)  # more draws than a batch holds: one patient at a time
+    assert all(len(rows) == 1 and k <= n // 3 for _, k, rows in many) and len(many) == 3 * n
+    sizes = [k for _, k, rows in many if rows[0] == 0]  # near-equal blocks of draws
+    assert sum(sizes) == n // 3 * 2 + 1 and max(sizes) - min(sizes) <= 2
     a = generate_missing(small, "rppa", ["rnaseq"], source, draws=4, seed=5)
     b = generate_missing(small, "rppa", ["rnaseq"], source, draws=4, seed=5)
     np.testing.assert_array_equal(a.draws, b.draws)

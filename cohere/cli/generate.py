@@ -47,9 +47,13 @@ def generate(
     variance: Optional[str] = typer.Option(None, show_default=SHOWN_DEFAULTS["variance"],
                                            help="DDIM reverse variance: analytic (calibrated from the models' "
                                                 "recorded errors) or fixed (DDIM's own, too narrow at few steps)."),
+    stacking: Optional[bool] = typer.Option(None, "--stacking/--no-stacking", show_default="stacking",
+                                            help="Stack the mean of each patient's draws with the experts' ridge "
+                                                 "prediction, by the weight each expert chose on held-out rows "
+                                                 "(coherent, 2+ draws; the spread is kept)."),
     paper: bool = typer.Option(False, "--paper", help="The paper's exact method: DDPM with all T steps, "
-                               "softmax(1/loss) weights, their average, no x0 clamp. Not combinable with "
-                               "--sampler/--steps/--eta/--weighting/--consensus/--variance."),
+                               "softmax(1/loss) weights, their average, no x0 clamp, no stacking. Not combinable "
+                               "with --sampler/--steps/--eta/--weighting/--consensus/--variance/--stacking."),
     threshold: float = typer.Option(1.0, min=0.0, help="Coherence threshold (weighted mean pairwise cosine distance)."),
     fraction: float = typer.Option(0.10, min=0.0, max=1.0, help="Reject a trajectory incoherent on more than this fraction of steps."),
     attempts: int = typer.Option(10, min=1, help="Trajectories per draw at most (rejected ones are regenerated)."),
@@ -88,7 +92,8 @@ def generate(
     check_choice("--consensus", consensus, CONSENSUS)
     check_choice("--variance", variance, VARIANCES)
     check_device(device)
-    chosen = dict(sampler=sampler, steps=steps, eta=eta, weighting=weighting, consensus=consensus, variance=variance)
+    chosen = dict(sampler=sampler, steps=steps, eta=eta, weighting=weighting, consensus=consensus, variance=variance,
+                  stacking=stacking)
     if paper:
         clash = [f"--{k}" for k, v in chosen.items() if v is not None]
         if clash:

@@ -1,0 +1,70 @@
+"""Fit the mean stacking of experts trained before cohere fitted it, in place, without
+retraining their networks.
+
+    python scripts/fit_stacking.py --models MODELS [--cohort DIR] [--seed 0]
+
+Every expert in MODELS/experts that has no stacking gets it from the same code as training
+(:func:`cohere.experts.add_stacking`): its latents are rebuilt as ``cohere experts train``
+builds them (the encoders in MODELS, the cohort's training split for ``--seed``), ridge is
+fitted on the training rows its recipe keeps and the weight alpha is chosen on the held-out
+rows it carves out. The recomputed held-out scores must equal the recorded ones (else the
+expert is left as it is and the command fails). Multi-condition models are not changed. A
+model retrained with the current ``cohere experts train`` gets the same artifact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tcga-pancan"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", type=Path, required=True)
+    ap.add_argument("--cohort", type=Path, default=Path(os.environ.get("COHERE_SHARED_COHORT", SHARED)))
+    ap.add_argument("--seed", type=int, default=0, help="the seed of the training split (experts train --seed)")
+    args = ap.parse_args()
+
+    from cohere.cohort import Cohort
+    from cohere.encoders import load_encoder
+    from cohere.errors import CohereError
+    from cohere.experts import Expert, add_stacking, list_models, load_model
+
+    cohort = Cohort.read(args.cohort)
+    train_ids = cohort.ids_in("train", args.seed)
+    encoders, latents = {}, {}
+
+    def latent(m: str):
+        if m not in latents:
+            encoders[m] = load_encoder(args.models / "encoders" / m)
+            latents[m] = encoders[m].encode_cohort(cohort, cohort.tables[m].index.intersection(train_ids))
+        return latents[m]
+
+    failed = 0
+    for folder in list_models(args.models):
+        model = load_model(folder)
+        if not isinstance(model, Expert) or model.stack is not None:
+            continue
+        s, t = latent(model.source), latent(model.target)
+        both = s.index.intersection(t.index)  # as make_jobs pairs them
+        try:
+            model.check_encoders(encoders)
+            fitted = add_stacking(model, s.loc[both], t.loc[both])
+        except CohereError as e:
+            print(f"{model.id}: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        fitted.save(folder)
+        h = fitted.metrics["held_out"]
+        print(f"{model.id}: alpha {fitted.stack_alpha:.1f}; held-out r2_mean {h['r2_mean']} -> {h['stacked_r2_mean']} "
+              f"(ridge {h['ridge_r2']}), energy {h['energy']} -> {h['stacked_energy']} "
+              f"(ridge+resboot {h['ridge_resboot_energy']}); {fitted.digest[:12]}", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
