@@ -284,3 +284,60 @@ def test_cli_errors_are_one_line(tiny_cohort, tmp_path, capsys):
         assert cli(["experts", "train", "cna->rppa", "--device", "cuda", "--cohort", str(root / "cohort"),
                     "--models", str(root / "models")]) == 1
         assert "no CUDA GPU" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- mean stacking
+
+
+def test_recenter_moves_the_mean_of_the_draws_and_keeps_their_spread():
+    from cohere.sampling import recenter
+
+    g = torch.Generator().manual_seed(0)
+    x, p = torch.randn(5, 7, 3, generator=g), torch.randn(7, 3, generator=g)
+    r = recenter(x, p, 0.3)
+    torch.testing.assert_close(r.mean(0), 0.3 * x.mean(0) + 0.7 * p)
+    torch.testing.assert_close(r - r.mean(0), x - x.mean(0))
+    assert torch.equal(recenter(x, p, 1.0), x) and torch.equal(recenter(x[:1], p, 0.3), x[:1])  # one draw: no mean
+
+
+def test_stack_weight_prefers_the_better_mean_and_blends_equal_ones():
+    from cohere.experts import stack_weight
+
+    rng = np.random.default_rng(0)
+    y = rng.standard_normal((400, 4))
+    spread = rng.standard_normal((20, 400, 4))
+    good, noisy = y + 0.1 * rng.standard_normal((400, 4)), y + rng.standard_normal((400, 4))
+    assert stack_weight(y, good + spread, noisy) >= 0.9  # the network's mean is the better one
+    assert stack_weight(y, noisy + spread, good) <= 0.1  # ridge's is
+    other = y + rng.standard_normal((400, 4))  # as good as `noisy`, independent errors: the blend wins
+    assert 0.3 <= stack_weight(y, noisy + spread, other) <= 0.7
+
+
+def test_experts_record_their_stacking_and_older_artifacts_get_the_same_one(tmp_path, data):
+    from cohere.diffusion.train import cpu_threads
+    from cohere.experts import add_stacking
+
+    c, x = data
+    with cpu_threads(TINY):  # as training jobs run (Job.fit)
+        fresh = Expert.fit("rnaseq", "cna", c, x, DIGESTS, TINY)
+    h = fresh.metrics["held_out"]
+    assert fresh.stack is not None and fresh.stack_alpha == h["stack_alpha"] and 0 <= fresh.stack_alpha <= 1
+    assert h["stacked_energy"] <= h["energy"] + 1e-9  # alpha = 1 is on the grid
+    fresh.save(tmp_path / "new")
+    cfg = json.loads((tmp_path / "new" / "config.json").read_text())
+    assert cfg["stacking"]["alpha"] == fresh.stack_alpha
+    loaded = Expert.load(tmp_path / "new")
+    assert loaded.stack_alpha == fresh.stack_alpha and torch.equal(loaded.stack.weight, fresh.stack.weight)
+    # the same expert as an artifact from before stacking: loads without it, and add_stacking
+    # (scripts/fit_stacking.py) gives it exactly the artifact that training gives
+    held = {k: v for k, v in h.items() if not k.startswith(("stack", "stacked"))}
+    old = Expert("rnaseq", "cna", fresh.model, fresh.schedule, fresh.encoders, TINY, {**fresh.metrics, "held_out": held},
+                 fresh.training, fresh.x0_bounds, fresh.mean, fresh.noise_error, fresh.spread)
+    old.save(tmp_path / "old")
+    before = Expert.load(tmp_path / "old")
+    assert before.stack is None and before.stack_alpha == 1.0 and "stacking" not in json.loads(
+        (tmp_path / "old" / "config.json").read_text())
+    assert add_stacking(before, c, x).pack()[0] == fresh.pack()[0]
+    with pytest.raises(CohereError, match=r"rnaseq->cna: the held-out rows of these latents do not reproduce the "
+                                          r"recorded scores .* give the latents it was trained on, or retrain it"):
+        add_stacking(before, c[::-1].copy(), x[::-1].copy())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from cohere.cli import main
 from cohere.diffusion.train import TrainConfig
@@ -261,3 +262,41 @@ def test_an_output_larger_than_the_free_disk_is_refused_up_front(world, tmp_path
                         str(models), "--draws", "5", "--out", str(tmp_path / "g.csv")], capsys)
     assert code == 1 and "take about" in err and "use --aggregate" in err
     assert not (tmp_path / "g.csv").exists()
+
+
+# ----------------------------------------------------------------------------- mean stacking
+
+
+def test_stacking_moves_each_patients_mean_to_the_blend_and_keeps_the_spread(world):
+    from cohere.generation import PAPER_MODE, prepare_generation
+
+    small, _, models, encoders = world
+    source = ModelSource.folder(models)
+    for have in (["rnaseq"], ["rnaseq", "cna"]):
+        on = generate_missing(small, "rppa", have, source, draws=6, seed=1)
+        off = generate_missing(small, "rppa", have, source, draws=6, seed=1, stacking=False)
+        point, alpha = prepare_generation(small, "rppa", have, source).stack
+        assert 0 <= alpha < 1 and on.settings["stacking"] == round(alpha, 4) and off.settings["stacking"] is None
+        np.testing.assert_allclose(on.draws - on.draws.mean(0), off.draws - off.draws.mean(0), atol=1e-4)
+        np.testing.assert_allclose(on.mean, alpha * off.mean + (1 - alpha) * point.numpy(), atol=1e-4)
+    # one expert: the point is its ridge prediction; the consensus composes them with its weights
+    expert = source.model("rnaseq->rppa", encoders)
+    conds = [torch.as_tensor(encoders["rnaseq"].encode_cohort(small, small.samples(["rnaseq"])).to_numpy())]
+    point, alpha = prepare_generation(small, "rppa", ["rnaseq"], source).stack
+    np.testing.assert_allclose(point.numpy(), expert.stack_point(conds).numpy(), atol=1e-5)
+    assert alpha == expert.stack_alpha
+    # a single draw has no mean to stack; the paper's method has no stacking
+    one = generate_missing(small, "rppa", ["rnaseq"], source, draws=1, seed=1)
+    np.testing.assert_array_equal(one.draws, generate_missing(small, "rppa", ["rnaseq"], source, draws=1, seed=1,
+                                                              stacking=False).draws)
+    assert prepare_generation(small, "rppa", ["rnaseq"], source, **PAPER_MODE).stack is None
+
+
+def test_cli_stacking_flags(world, tmp_path, capsys):
+    _, cohort_dir, models, _ = world
+    base = ["generate", "--target", "rppa", "--have", "rnaseq", "--cohort", str(cohort_dir), "--models", str(models),
+            "--draws", "2"]
+    code, _, err = run(base + ["--paper", "--stacking", "--out", str(tmp_path / "a.csv")], capsys)
+    assert code == 1 and "--paper fixes the sampler and the consensus; drop --stacking or --paper" in err
+    code, _, err = run(base + ["--no-stacking", "--out", str(tmp_path / "b.csv")], capsys)
+    assert code == 0, err
