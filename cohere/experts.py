@@ -98,6 +98,35 @@ class RidgeMean:
         return {f"{prefix}.weight": (d, c), f"{prefix}.bias": (d,), f"{prefix}.prior": (d,)}
 
 
+class StackMean(RidgeMean):
+    """The ridge regression an expert's mean is stacked with (:func:`stack_weight`): a
+    :class:`RidgeMean` fitted on the expert's training rows, plus the covariance of its
+    training residuals and of the target, with which the ridge predictions of several experts
+    are composed as a product of Gaussian experts (:func:`cohere.generation.stacked_mean`).
+    Tensors ``stack.weight`` (d, c), ``stack.bias`` (d,), ``stack.prior`` (d,),
+    ``stack.residual_cov`` (d, d), ``stack.prior_cov`` (d, d)."""
+
+    def __init__(self, weight, bias, prior, residual_cov, prior_cov):
+        super().__init__(weight, bias, prior)
+        self.residual_cov, self.prior_cov = (torch.as_tensor(t, dtype=torch.float32) for t in (residual_cov, prior_cov))
+
+    @classmethod
+    def fit(cls, c: np.ndarray, x: np.ndarray) -> "StackMean":
+        base = RidgeMean.fit(c, x)
+        c, x = np.asarray(c, np.float64), np.asarray(x, np.float64)
+        resid = x - (c @ base.weight.double().numpy().T + base.bias.double().numpy())
+        return cls(base.weight, base.bias, base.prior, np.atleast_2d(np.cov(resid, rowvar=False)),
+                   np.atleast_2d(np.cov(x, rowvar=False)))
+
+    def tensors(self, prefix: str = "stack") -> dict[str, torch.Tensor]:
+        return {**super().tensors(prefix), f"{prefix}.residual_cov": self.residual_cov,
+                f"{prefix}.prior_cov": self.prior_cov}
+
+    @staticmethod
+    def shapes(d: int, c: int, prefix: str = "stack") -> dict[str, tuple[int, ...]]:
+        return {**RidgeMean.shapes(d, c, prefix), f"{prefix}.residual_cov": (d, d), f"{prefix}.prior_cov": (d, d)}
+
+
 # the grid of stacking weights alpha (1 = the network's mean alone, 0 = ridge's)
 STACK_ALPHAS = tuple(round(a, 2) for a in np.linspace(0.0, 1.0, 11))
 
@@ -301,7 +330,7 @@ class _DiffusionModel:
                  encoders: Mapping[str, str], train_config: TrainConfig | None = None,
                  metrics: Mapping | None = None, training: Mapping | None = None,
                  x0_bounds: tuple | None = None, mean: RidgeMean | None = None,
-                 noise_error: torch.Tensor | None = None, spread: float = 1.0, stack: RidgeMean | None = None,
+                 noise_error: torch.Tensor | None = None, spread: float = 1.0, stack: StackMean | None = None,
                  stack_alpha: float = 1.0):
         d = model.config.latent_dim
         if x0_bounds is None:
@@ -383,7 +412,9 @@ class _DiffusionModel:
             "unconditional": self.unconditional,
         }
         if self.stack is not None:
-            cfg["stacking"] = {"alpha": self.stack_alpha, "mean": "ridge (tensors stack.*) fitted on the training rows",
+            cfg["stacking"] = {"alpha": self.stack_alpha, "mean": "ridge (tensors stack.*: coefficients, training "
+                                                                  "mean, residual and target covariances) fitted on "
+                                                                  "the training rows",
                                "chosen_on": "the held-out rows, by the energy score (metrics.held_out)"}
         if self.kind == "expert":
             cfg["source"] = self.sources[0]
@@ -395,7 +426,7 @@ class _DiffusionModel:
         card = render_card(self.card_template, config=config)
         tensors = {**self.model.state_dict(), "x0_bounds.low": self.x0_bounds[0], "x0_bounds.high": self.x0_bounds[1],
                    **({} if self.mean is None else self.mean.tensors()),
-                   **({} if self.stack is None else self.stack.tensors("stack")),
+                   **({} if self.stack is None else self.stack.tensors()),
                    **({} if self.noise_error is None else {"noise_error": self.noise_error})}
         return pack_artifact(config, tensors, card)
 
@@ -438,13 +469,13 @@ class _DiffusionModel:
                                      or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1):
             raise CohereError(f"{folder}: unsupported stacking {stacking!r}; cohere experts record "
                               "{'alpha': a number in [0, 1], ...}")
-        stack_shapes = RidgeMean.shapes(d, dcfg.cond_dims[0], "stack") if stacking is not None else {}
+        stack_shapes = StackMean.shapes(d, dcfg.cond_dims[0]) if stacking is not None else {}
         art.expect({**{k: tuple(v.shape) for k, v in state.items()}, "x0_bounds.low": (d,), "x0_bounds.high": (d,),
                     **mean_shapes, **stack_shapes, "noise_error": (2 ** len(sources), schedule.num_train_timesteps)})
         tensors = dict(art.tensors)
         bounds = (tensors.pop("x0_bounds.low"), tensors.pop("x0_bounds.high"))
         mean = RidgeMean(*(tensors.pop(k) for k in mean_shapes)) if mean_shapes else None
-        stack = RidgeMean(*(tensors.pop(k) for k in stack_shapes)) if stack_shapes else None
+        stack = StackMean(*(tensors.pop(k) for k in stack_shapes)) if stack_shapes else None
         noise_error = tensors.pop("noise_error")
         # num_batches_tracked is an integer buffer that save_artifact stores as float: cast back
         model.load_state_dict({k: v.to(state[k].dtype) for k, v in tensors.items()}, strict=True)
@@ -599,7 +630,7 @@ class _DiffusionModel:
         profile = noise_error_profile(model, schedule, val, ridge, seed=config.seed)
         spread = calibrate_spread(model, schedule, val, bounds, profile, ridge, seed=config.seed)
         full = tr if mask is None else tr[(mask[tr] > 0).all(1)]  # training rows with every condition
-        stacking = (ridge or RidgeMean.fit(conds[0][tr], x0[tr])) if stack else None
+        stacking = StackMean.fit(conds[0][tr], x0[tr]) if stack else None
         report = held_out_report(model, schedule, val, (x0[full], [tensor(c[full]) for c in conds]), bounds,
                                  ridge, (profile * spread).clamp(max=1.0),
                                  unconditional=mask is not None or config.uncond_prob > 0, seed=config.seed,
@@ -635,7 +666,7 @@ class Expert(_DiffusionModel):
                  encoders: Mapping[str, str], train_config: TrainConfig | None = None,
                  metrics: Mapping | None = None, training: Mapping | None = None, x0_bounds: tuple | None = None,
                  mean: RidgeMean | None = None, noise_error: torch.Tensor | None = None, spread: float = 1.0,
-                 stack: RidgeMean | None = None, stack_alpha: float = 1.0):
+                 stack: StackMean | None = None, stack_alpha: float = 1.0):
         if model.num_conds != 1:
             raise CohereError(f"an expert has one condition; the denoiser has {model.num_conds}")
         super().__init__([source], target, model, schedule, encoders, train_config, metrics, training, x0_bounds,

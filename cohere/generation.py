@@ -199,18 +199,27 @@ class Consensus:
 def stacked_mean(experts: list[Expert], conds: dict, weights: list[float]) -> tuple | None:
     """(point (n, d), alpha) that the mean of every patient's draws is stacked with
     (:func:`cohere.sampling.recenter`), or None when an expert has no stacking (artifacts
-    before it). Each expert records ridge's prediction r_i(c_i), fitted on its training rows,
-    and its weight alpha_i, chosen on its held-out rows (:func:`cohere.experts.stack_weight`).
-    The point composes the ridge predictions the way the consensus composes the noise
-    predictions, m + sum_i w_i (r_i - m) with m the target's training mean (r_1 for one
-    expert; sum_i w_i r_i for the average, whose weights sum to one), and alpha is the
+    before it). Each expert records ridge's prediction r_i(c_i) with the covariance S_i of its
+    training residuals, the target's training mean m and covariance S_0
+    (:class:`cohere.experts.StackMean`), and its weight alpha_i, chosen on its held-out rows
+    (:func:`cohere.experts.stack_weight`). The point composes the Gaussians N(r_i, S_i) the
+    way the consensus composes the noise predictions, a product of experts over the prior
+    N(m, S_0) with the consensus weights w_i: precision P = P_0 + sum_i w_i (P_i - P_0) and
+    mean P^-1 (P_0 m + sum_i w_i (P_i r_i - P_0 m)), with P_i = S_i^-1. With one expert it is
+    r_1; for the average (weights summing to one) the precision-weighted mean of the r_i;
+    for sources independent given a Gaussian target, the exact posterior mean. alpha is the
     weighted mean of the alpha_i."""
     if any(e.stack is None for e in experts):
         return None
-    w = torch.tensor(weights, dtype=torch.float32)
-    points = torch.stack([e.stack_point([torch.as_tensor(conds[e.source], dtype=torch.float32)]) for e in experts])
-    prior = torch.stack([e.stack.prior for e in experts]).mean(0)  # (d,)
-    point = prior + (w[:, None, None] * (points - prior)).sum(0)  # (n, d)
+    w = torch.tensor(weights, dtype=torch.float64)
+    r = torch.stack([e.stack_point([torch.as_tensor(conds[e.source], dtype=torch.float32)]).double()
+                     for e in experts])  # (k, n, d)
+    prec = torch.linalg.inv(torch.stack([e.stack.residual_cov for e in experts]).double())  # (k, d, d)
+    m = torch.stack([e.stack.prior for e in experts]).double().mean(0)  # (d,)
+    p0 = torch.linalg.inv(torch.stack([e.stack.prior_cov for e in experts]).double().mean(0))  # (d, d)
+    total = p0 + (w[:, None, None] * (prec - p0)).sum(0)  # (d, d)
+    rhs = p0 @ m + (w[:, None, None] * (torch.einsum("kde,kne->knd", prec, r) - p0 @ m)).sum(0)  # (n, d)
+    point = torch.linalg.solve(total, rhs.T).T.float()
     alpha = float(sum(wi * e.stack_alpha for wi, e in zip(weights, experts)) / float(w.sum()))
     return point, alpha
 

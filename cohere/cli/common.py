@@ -238,7 +238,9 @@ QUALITY = {"r2_mean": "r2_mean", "ridge_r2": "ridge_r2", "energy": "energy",
 def quality(held: dict | None) -> dict:
     """The quality columns from a model's ``metrics["held_out"]`` (empty strings where not
     recorded: a model trained before they were)."""
-    held = held or {}
+    held = dict(held or {})
+    if "stacked_energy" in held:  # what generation gives: the draws with their mean stacked with ridge's
+        held["r2_mean"], held["energy"] = held["stacked_r2_mean"], held["stacked_energy"]
     return {name: (f"{held[key]:.3f}" if isinstance(held.get(key), (int, float)) else "")
             for key, name in QUALITY.items()}
 
@@ -248,5 +250,7 @@ def quality_line(metrics: dict) -> str:
     q = quality((metrics or {}).get("held_out"))
     if not q["r2_mean"]:
         return ""
+    alpha = (metrics or {}).get("held_out", {}).get("stack_alpha")
     return (f"held-out: r2_mean={q['r2_mean']} (ridge {q['ridge_r2']})  energy={q['energy']} "
-            f"(ridge+resboot {q['resboot_energy']})  cov90={q['cov90']}")
+            f"(ridge+resboot {q['resboot_energy']})  cov90={q['cov90']}"
+            + ("" if alpha is None else f"  stacking alpha={alpha}"))
