@@ -161,7 +161,7 @@ def complete(cohort: Cohort, source: ModelSource, method: str = "coherent", targ
                                seed=_seed(seed, t, have), min_coverage=min_coverage, **options)
         enc = encoders[t]
         K, n, d = res.draws.shape
-        values = enc.decode(res.draws.reshape(K * n, d)).to_numpy(np.float32).reshape(K, n, -1)  # (K, n, F)
+        values = res.decoded()  # (K, n, F), the residual shift added
         latents[(t, tuple(have))] = (ids, res.draws)
         fills[t].append((ids, values))
         diag = res.diagnostics()

@@ -331,7 +331,7 @@ class _DiffusionModel:
                  metrics: Mapping | None = None, training: Mapping | None = None,
                  x0_bounds: tuple | None = None, mean: RidgeMean | None = None,
                  noise_error: torch.Tensor | None = None, spread: float = 1.0, stack: StackMean | None = None,
-                 stack_alpha: float = 1.0):
+                 stack_alpha: float = 1.0, head: RidgeMean | None = None):
         d = model.config.latent_dim
         if x0_bounds is None:
             x0_bounds = (torch.full((d,), -torch.inf), torch.full((d,), torch.inf))
@@ -349,6 +349,7 @@ class _DiffusionModel:
         self.spread = float(spread)  # factor on noise_error that calibrates the draws (calibrate_spread)
         self.stack = stack  # the ridge mean the draws' mean is stacked with (experts), or None
         self.stack_alpha = float(stack_alpha)  # its stacking weight (stack_weight); 1 = none
+        self.head = head  # ridge from the condition to the target's features outside its latent (experts), or None
         self.fit_seconds: float | None = None  # wall time of fit (not saved: the digest must be reproducible)
         self.digest: str | None = None
         self.path: Path | None = None
@@ -411,6 +412,11 @@ class _DiffusionModel:
             "mean": "none" if self.mean is None else "ridge",
             "unconditional": self.unconditional,
         }
+        if self.head is not None:
+            cfg["residual_head"] = {"features": int(self.head.weight.shape[0]),
+                                    "what": "ridge from the condition latent to the target's features minus "
+                                            "decode(latent) on the training rows (tensors residual.*), added to "
+                                            "decoded draws"}
         if self.stack is not None:
             cfg["stacking"] = {"alpha": self.stack_alpha, "mean": "ridge (tensors stack.*: coefficients, training "
                                                                   "mean, residual and target covariances) fitted on "
@@ -427,6 +433,7 @@ class _DiffusionModel:
         tensors = {**self.model.state_dict(), "x0_bounds.low": self.x0_bounds[0], "x0_bounds.high": self.x0_bounds[1],
                    **({} if self.mean is None else self.mean.tensors()),
                    **({} if self.stack is None else self.stack.tensors()),
+                   **({} if self.head is None else self.head.tensors("residual")),
                    **({} if self.noise_error is None else {"noise_error": self.noise_error})}
         return pack_artifact(config, tensors, card)
 
@@ -470,12 +477,19 @@ class _DiffusionModel:
             raise CohereError(f"{folder}: unsupported stacking {stacking!r}; cohere experts record "
                               "{'alpha': a number in [0, 1], ...}")
         stack_shapes = StackMean.shapes(d, dcfg.cond_dims[0]) if stacking is not None else {}
+        features = cfg.get("residual_head", {}).get("features") if isinstance(cfg.get("residual_head"), dict) else None
+        if "residual_head" in cfg and (len(sources) != 1 or isinstance(features, bool) or not isinstance(features, int)
+                                       or features < 1):
+            raise CohereError(f"{folder}: unsupported residual_head {cfg['residual_head']!r}; cohere experts record "
+                              "{'features': a positive int, ...}")
+        head_shapes = RidgeMean.shapes(features, dcfg.cond_dims[0], "residual") if features else {}
         art.expect({**{k: tuple(v.shape) for k, v in state.items()}, "x0_bounds.low": (d,), "x0_bounds.high": (d,),
-                    **mean_shapes, **stack_shapes, "noise_error": (2 ** len(sources), schedule.num_train_timesteps)})
+                    **mean_shapes, **stack_shapes, **head_shapes, "noise_error": (2 ** len(sources), schedule.num_train_timesteps)})
         tensors = dict(art.tensors)
         bounds = (tensors.pop("x0_bounds.low"), tensors.pop("x0_bounds.high"))
         mean = RidgeMean(*(tensors.pop(k) for k in mean_shapes)) if mean_shapes else None
         stack = StackMean(*(tensors.pop(k) for k in stack_shapes)) if stack_shapes else None
+        head = RidgeMean(*(tensors.pop(k) for k in head_shapes)) if head_shapes else None
         noise_error = tensors.pop("noise_error")
         # num_batches_tracked is an integer buffer that save_artifact stores as float: cast back
         model.load_state_dict({k: v.to(state[k].dtype) for k, v in tensors.items()}, strict=True)
@@ -485,7 +499,7 @@ class _DiffusionModel:
         _DiffusionModel.__init__(obj, sources, target, model, schedule, recorded,
                                  TrainConfig.from_dict(recipe) if recipe else None, cfg.get("metrics", {}), training,
                                  bounds, mean, noise_error, float(cfg.get("sampling", {}).get("spread", 1.0)),
-                                 stack, 1.0 if alpha is None else float(alpha))
+                                 stack, 1.0 if alpha is None else float(alpha), head)
         obj._unconditional = bool(cfg.get("unconditional", False))
         if obj.id != cfg.get("id"):
             raise CohereError(f"{folder}: config id {cfg.get('id')!r} does not match its sources and target ({obj.id!r})")
@@ -582,6 +596,11 @@ class _DiffusionModel:
 
     # -- training helpers
 
+    def head_shift(self, conds: Sequence[torch.Tensor]) -> torch.Tensor | None:
+        """(n, F) the residual head's prediction for the condition latents ``conds`` (a list of
+        one (n, c) tensor), added to every decoded draw; None for a model without one."""
+        return None if self.head is None else self.head(conds)
+
     def stack_point(self, conds: Sequence[torch.Tensor]) -> torch.Tensor | None:
         """(n, d) ridge's prediction for the condition latents ``conds`` (a list of one (n, c)
         tensor), the point the draws' mean is stacked with; None for a model without stacking."""
@@ -666,11 +685,11 @@ class Expert(_DiffusionModel):
                  encoders: Mapping[str, str], train_config: TrainConfig | None = None,
                  metrics: Mapping | None = None, training: Mapping | None = None, x0_bounds: tuple | None = None,
                  mean: RidgeMean | None = None, noise_error: torch.Tensor | None = None, spread: float = 1.0,
-                 stack: StackMean | None = None, stack_alpha: float = 1.0):
+                 stack: StackMean | None = None, stack_alpha: float = 1.0, head: RidgeMean | None = None):
         if model.num_conds != 1:
             raise CohereError(f"an expert has one condition; the denoiser has {model.num_conds}")
         super().__init__([source], target, model, schedule, encoders, train_config, metrics, training, x0_bounds,
-                         mean, noise_error, spread, stack, stack_alpha)
+                         mean, noise_error, spread, stack, stack_alpha, head)
 
     @property
     def source(self) -> str:
@@ -684,11 +703,14 @@ class Expert(_DiffusionModel):
     def fit(cls, source: str, target: str, source_latents, target_latents, encoders: Mapping,
             config: TrainConfig | None = None, schedule: NoiseSchedule | None = None, search: int = 0,
             progress: Callable | None = None, training: Mapping | None = None,
-            run_trials: Callable | None = None) -> "Expert":
+            run_trials: Callable | None = None, target_residuals=None) -> "Expert":
         """Train on paired rows (training split only): ``source_latents`` and
         ``target_latents`` (n, d) of the same samples; ``encoders`` {modality: encoder or
         digest} for source and target. ``search`` > 1: random search over that many configs,
-        trained by ``run_trials`` (see :func:`~cohere.diffusion.train.random_search`)."""
+        trained by ``run_trials`` (see :func:`~cohere.diffusion.train.random_search`).
+        ``target_residuals`` (n, F), the same samples' target features minus the decoded
+        target latents (:func:`cohere.training.feature_residuals`): the residual head is fitted
+        to them (:func:`fit_head`)."""
         config = TrainConfig() if config is None else config
         schedule = NoiseSchedule() if schedule is None else schedule
         if source == target:
@@ -703,8 +725,9 @@ class Expert(_DiffusionModel):
             x.numpy(), [c.numpy()], None, config, schedule, search, progress, mean=config.mean == "ridge",
             run_trials=run_trials, stack=True)
         metrics, train_info = cls._record(res, trials, training, report)
+        head = None if target_residuals is None else fit_head(c.numpy(), target_residuals)
         obj = cls(source, target, res.model, schedule, digests, res.config, metrics, train_info, res.x0_bounds,
-                  mean, profile, spread, stack, report.get("stack_alpha", 1.0))
+                  mean, profile, spread, stack, report.get("stack_alpha", 1.0), head)
         obj.fit_seconds = res.seconds
         return obj
 
@@ -747,7 +770,39 @@ def add_stacking(expert: Expert, source_latents, target_latents) -> Expert:
         training["request"] = {**training["request"], "stacking": True}
     return Expert(expert.source, expert.target, expert.model, expert.schedule, expert.encoders, cfg, metrics,
                   training, expert.x0_bounds, expert.mean, expert.noise_error, expert.spread, stack,
-                  report["stack_alpha"])
+                  report["stack_alpha"], expert.head)
+
+
+def fit_head(source_latents, target_residuals) -> RidgeMean:
+    """The residual head of an expert: ridge (:class:`RidgeMean`, penalty by leave-one-out)
+    from its condition latents (n, c) to what the target's latent cannot represent (n, F): the
+    target features minus decode(target latent), on its training rows. Generation adds its
+    prediction to every decoded draw (the decoded mean of a 32-d latent misses the part of
+    the features outside the latent: 60% of RNA-seq's variance here)."""
+    c = _to_tensor(source_latents, "condition latents").numpy()
+    r = np.asarray(target_residuals, np.float64)
+    if r.ndim != 2 or len(r) != len(c) or not np.isfinite(r).all():
+        raise CohereError(f"residuals: expected a finite array of shape ({len(c)}, F), got {r.shape}")
+    return RidgeMean.fit(c, r)
+
+
+def add_head(expert: Expert, source_latents, target_residuals) -> Expert:
+    """The ``expert`` with the residual head fitted (:func:`fit_head`), for an artifact
+    trained before cohere fitted it; ``source_latents`` and ``target_residuals`` of the rows it
+    was trained on, in the same order."""
+    training = dict(expert.training)
+    if isinstance(training.get("request"), dict):
+        training["request"] = {**training["request"], "residuals_sha256": residuals_digest(target_residuals)}
+    return Expert(expert.source, expert.target, expert.model, expert.schedule, expert.encoders, expert.train_config,
+                  expert.metrics, training, expert.x0_bounds, expert.mean, expert.noise_error, expert.spread,
+                  expert.stack, expert.stack_alpha, fit_head(source_latents, target_residuals))
+
+
+def residuals_digest(residuals) -> str:
+    """sha256 of residual features (values as float32, in order): part of a job's request."""
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(np.asarray(residuals, np.float32)).tobytes()).hexdigest()
 
 
 class MultiConditionModel(_DiffusionModel):

@@ -39,7 +39,7 @@ DEFAULT_VARIANCE = "analytic"
 # the paper's exact method (its code, r-marchesi/coherent-genAI, trajectory by trajectory):
 # DDPM over all T steps, softmax(1 / validation loss) weights, their weighted average, no x0 clamp
 PAPER_MODE = {"sampler": "ddpm", "weighting": "softmax", "consensus": "average", "variance": "fixed", "clip": False,
-              "stacking": False}
+              "stacking": False, "residual": False}
 DEFAULT_SAMPLER = "ddim"
 DEFAULT_STEPS = 20
 DEFAULT_ETA = 1.0
@@ -194,6 +194,21 @@ class Consensus:
     schedule: object
     bounds: tuple  # the x_0 clamp: the widest training range of the target among the experts
     stack: tuple | None = None  # (point (n, d), alpha): the mean stacking (see stacked_mean), or None
+    shift: torch.Tensor | None = None  # (n, F) added to decoded draws (see residual_shift), or None
+
+
+def residual_shift(experts: list[Expert], conds: dict, weights: list[float]) -> torch.Tensor | None:
+    """(n, F) what generation adds to every decoded draw of a patient, or None when an expert
+    has no residual head (artifacts before it): each expert's prediction h_i(c_i) of the part
+    of the target's features outside its latent (:func:`cohere.experts.fit_head`), composed as
+    the consensus composes the noise predictions, m + sum_i w_i (h_i - m) with m the training
+    mean of the residuals (h_1 for one expert; the weighted mean for the average)."""
+    if any(e.head is None for e in experts):
+        return None
+    h = torch.stack([e.head_shift([torch.as_tensor(conds[e.source], dtype=torch.float32)]) for e in experts])
+    m = torch.stack([e.head.prior for e in experts]).mean(0)
+    w = torch.tensor(weights, dtype=torch.float32)
+    return m + (w[:, None, None] * (h - m)).sum(0)
 
 
 def stacked_mean(experts: list[Expert], conds: dict, weights: list[float]) -> tuple | None:
@@ -226,11 +241,11 @@ def stacked_mean(experts: list[Expert], conds: dict, weights: list[float]) -> tu
 
 def expert_consensus(experts: list[Expert], conds: dict, consensus: str = DEFAULT_CONSENSUS,
                      weighting: str = DEFAULT_WEIGHTING, weights: dict[str, float] | None = None,
-                     device: str = "cpu", stacking: bool = True) -> Consensus:
+                     device: str = "cpu", stacking: bool = True, residual: bool = True) -> Consensus:
     """Experts ``source->X`` as consensus members for the rows of ``conds`` {source: (n, c)
     latents}: weights by :func:`product_weights` ("product") or :func:`consensus_weights`
     ("average"), experts of weight 0 left out, the unconditional members the product needs,
-    and (``stacking``) the :func:`stacked_mean`."""
+    (``stacking``) the :func:`stacked_mean` and (``residual``) the :func:`residual_shift`."""
     w = product_weights(experts, weights) if consensus == "product" else consensus_weights(experts, weighting, weights)
     keep = [(e, wi) for e, wi in zip(experts, w) if wi > 0]   # a zero weight has no effect
     members = [e.to(device).member({e.source: torch.as_tensor(conds[e.source])}, weight=wi) for e, wi in keep]
@@ -240,8 +255,9 @@ def expert_consensus(experts: list[Expert], conds: dict, consensus: str = DEFAUL
     bounds = (torch.stack([e.x0_bounds[0] for e, _ in keep]).amin(0),
               torch.stack([e.x0_bounds[1] for e, _ in keep]).amax(0))
     stack = stacked_mean([e for e, _ in keep], conds, [wi for _, wi in keep]) if stacking else None
+    shift = residual_shift([e for e, _ in keep], conds, [wi for _, wi in keep]) if residual else None
     return Consensus(members, prior, [e.id for e, _ in keep], [wi for _, wi in keep], keep[0][0].schedule, bounds,
-                     stack)
+                     stack, shift)
 
 
 # ---------------------------------------------------------------- the result
@@ -260,6 +276,7 @@ class GenerationResult:
     target_encoder: Encoder
     settings: dict = field(default_factory=dict)
     imputation: dict[str, Imputation] = field(default_factory=dict)   # per condition: what was imputed
+    shift: np.ndarray | None = None  # (n, F) added to decoded draws (residual_shift), or None
 
     @property
     def draws(self) -> np.ndarray:          # (K, n, d)
@@ -285,35 +302,47 @@ class GenerationResult:
         draws) — with latent columns ``<target>.zNN`` or, with ``decode``, the target's features."""
         if aggregate:
             return aggregate_frame(self.target, self.target_encoder, self.samples, self.mean, self.diagnostics(),
-                                   decode)
+                                   decode, self.shift)
         K = self.draws.shape[0]
         return draws_frame(self.target, self.target_encoder, self.samples.to_numpy(), self.draws, np.arange(K),
-                           decode)
+                           decode, None if self.shift is None else np.tile(self.shift, (K, 1)))
+
+    def decoded(self) -> np.ndarray:
+        """(K, n, F) every draw decoded into the target's features, the residual shift added."""
+        K, n, d = self.draws.shape
+        x = self.target_encoder.decode(self.draws.reshape(K * n, d)).to_numpy(np.float32).reshape(K, n, -1)
+        return x if self.shift is None else x + self.shift[None].astype(np.float32)
 
 
-def _values_frame(target: str, encoder: Encoder, x: np.ndarray, decode: bool) -> pd.DataFrame:
-    """Latent rows ``x`` (m, d) as columns ``<target>.zNN``, or decoded into the target's features."""
+def _values_frame(target: str, encoder: Encoder, x: np.ndarray, decode: bool, shift=None) -> pd.DataFrame:
+    """Latent rows ``x`` (m, d) as columns ``<target>.zNN``, or decoded into the target's
+    features, plus ``shift`` (m, F) when given (:func:`residual_shift`)."""
     if decode:
-        return encoder.decode(x)
+        table = encoder.decode(x)
+        if shift is None:
+            return table
+        values = table.to_numpy()
+        return pd.DataFrame(values + np.asarray(shift, values.dtype), index=table.index, columns=table.columns)
     return pd.DataFrame(x, columns=[f"{target}.{c}" for c in latent_columns(x.shape[1])])
 
 
 def draws_frame(target: str, encoder: Encoder, samples: np.ndarray, values: np.ndarray, draw_ids: np.ndarray,
-                decode: bool) -> pd.DataFrame:
+                decode: bool, shift=None) -> pd.DataFrame:
     """Rows (sample, draw) for ``values`` (k, r, d), the draws ``draw_ids`` (k,) of the
-    patients ``samples`` (r,): latent columns, or the decoded features with ``decode``."""
+    patients ``samples`` (r,): latent columns, or the decoded features with ``decode``
+    (plus ``shift`` (k * r, F), draw-major, when given)."""
     k, r, d = values.shape
-    table = _values_frame(target, encoder, values.reshape(-1, d), decode)
+    table = _values_frame(target, encoder, values.reshape(-1, d), decode, shift)
     table.insert(0, "sample", np.tile(samples, k))
     table.insert(1, "draw", np.repeat(np.asarray(draw_ids), r))
     return table
 
 
 def aggregate_frame(target: str, encoder: Encoder, samples: pd.Index, mean: np.ndarray, diagnostics: pd.DataFrame,
-                    decode: bool) -> pd.DataFrame:
-    """One row per patient: the mean of its draws (latents, or decoded), its acceptance and
-    latent variance."""
-    table = _values_frame(target, encoder, mean, decode)
+                    decode: bool, shift=None) -> pd.DataFrame:
+    """One row per patient: the mean of its draws (latents, or decoded, plus ``shift`` (n, F)
+    when given), its acceptance and latent variance."""
+    table = _values_frame(target, encoder, mean, decode, shift)
     table.insert(0, "sample", samples.to_numpy())
     for col in ("accepted", "latent_variance"):
         table[col] = diagnostics[col].to_numpy()
@@ -382,6 +411,7 @@ class GenerationJob:
     settings: dict = field(default_factory=dict)
     imputation: dict[str, Imputation] = field(default_factory=dict)
     stack: tuple | None = None  # (point (n, d), alpha) of the mean stacking, or None
+    shift: np.ndarray | None = None  # (n, F) added to decoded draws (residual_shift), or None
 
     def batches(self, draws: int) -> list[tuple[int, int, np.ndarray]]:
         """(first draw, number of draws, patient indices) of each batch, at most
@@ -445,6 +475,7 @@ def prepare_generation(
     variance: str = DEFAULT_VARIANCE,
     min_coverage: float = DEFAULT_MIN_COVERAGE,
     stacking: bool = True,
+    residual: bool = True,
 ) -> GenerationJob:
     """Check everything, encode the conditions and load the models of a generation of
     ``target`` for every patient that has all of ``have`` (or ``patients``); nothing is
@@ -499,9 +530,10 @@ def prepare_generation(
         for e in models:
             if not isinstance(e, Expert) or e.target != target or e.source not in have:
                 raise CohereError(f"{e.id}: not an expert from one of {', '.join(have)} to {target}")
-        c = expert_consensus(models, {m: conds[m] for m in have}, consensus, weighting, weights, device, stacking)
+        c = expert_consensus(models, {m: conds[m] for m in have}, consensus, weighting, weights, device, stacking,
+                             residual)
         members, prior, used, w, schedule, bounds = (c.members, c.prior, c.models, c.weights, c.schedule, c.bounds)
-        stack = c.stack
+        stack, shift = c.stack, c.shift
     else:
         multi = source.model(f"multi->{target}", encoders)
         if not isinstance(multi, MultiConditionModel):
@@ -510,7 +542,7 @@ def prepare_generation(
         if extra:
             raise CohereError(f"multi->{target} was not trained with {extra[0]!r} as a condition")
         members = [multi.to(device).member(conds, n=len(ids))]
-        used, w, schedule, bounds, prior, stack = [multi.id], [1.0], multi.schedule, multi.x0_bounds, [], None
+        used, w, schedule, bounds, prior, stack, shift = [multi.id], [1.0], multi.schedule, multi.x0_bounds, [], None, None
     steps = None if sampler == "ddpm" else steps
     variance = variance if sampler == "ddim" else "fixed"
     options = dict(method=sampler, steps=steps, eta=eta, threshold=threshold, fraction=fraction, attempts=attempts,
@@ -522,11 +554,12 @@ def prepare_generation(
                 "weighting": ("explicit" if weights is not None else
                               "informativeness" if consensus == "product" else weighting),
                 "stacking": None if stack is None else round(stack[1], 4),
+                "residual": shift is not None,
                 "imputation": {m: r.to_dict() for m, r in imputation.items()}}
     if stack is not None:
         stack = (stack[0].to(device), stack[1])
     return GenerationJob(target, ids, method, used, w, encoders[target], members, prior, schedule.to(device),
-                         options, settings, imputation, stack)
+                         options, settings, imputation, stack, None if shift is None else shift.cpu().numpy())
 
 
 def generate_missing(cohort: Cohort, target: str, have: list[str], source: ModelSource, method: str = "coherent",
@@ -550,7 +583,9 @@ def generate_missing(cohort: Cohort, target: str, have: list[str], source: Model
     ``stacking`` (Coherent Denoising, two draws or more): move the mean of each patient's draws
     to alpha * (their mean) + (1 - alpha) * the experts' composed ridge prediction, with the
     weight alpha each expert chose on its held-out rows (:func:`stacked_mean`); the spread of
-    the draws is kept. ``PAPER_MODE`` holds the options of the paper's exact method.
+    the draws is kept. ``residual`` (Coherent Denoising): decoded draws get the experts'
+    prediction of the features outside the target's latent added (:func:`residual_shift`;
+    ``GenerationResult.shift``). ``PAPER_MODE`` holds the options of the paper's exact method.
     """
     job = prepare_generation(cohort, target, have, source, method, patients, **options)
     size = job.result_bytes(draws) if isinstance(draws, int) and draws > 0 else 0
@@ -569,4 +604,4 @@ def generate_missing(cohort: Cohort, target: str, have: list[str], source: Model
             gen.accepted.cpu()
     settings = {"sampling_seconds": time.perf_counter() - t0, "seed": seed, "draws": draws, **job.settings}
     return GenerationResult(target, job.samples, Generation(x, tries, bad, ok), method, job.models, job.weights,
-                            job.target_encoder, settings, job.imputation)
+                            job.target_encoder, settings, job.imputation, job.shift)

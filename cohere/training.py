@@ -34,7 +34,7 @@ from . import __version__
 from .artifacts import load_artifact, write_artifact
 from .diffusion.train import TrainConfig, cpu_threads
 from .errors import CohereError
-from .experts import Expert, MultiConditionModel, model_dir, parse_id
+from .experts import Expert, MultiConditionModel, model_dir, parse_id, residuals_digest
 
 MIN_PAIRED = 20  # training samples with both modalities that an expert needs at least
 
@@ -84,6 +84,7 @@ class Job:
     config: TrainConfig
     search: int = 0  # random search over this many configurations (0 or 1: none)
     training: dict = field(default_factory=dict)  # recorded in the artifact (cohort, seed, description)
+    residuals: pd.DataFrame | None = None  # experts: the target's feature_residuals on the same rows, or None
 
     @property
     def id(self) -> str:
@@ -111,6 +112,8 @@ class Job:
                "data_sha256": h.hexdigest()}
         if self.source != "multi":
             out["stacking"] = True  # experts fit the stacking of their mean (artifacts before it: retrained)
+        if self.residuals is not None:
+            out["residuals_sha256"] = residuals_digest(self.residuals)
         return out
 
     def fit(self, progress: Callable | None = None, run_trials: Callable | None = None):
@@ -124,15 +127,39 @@ class Job:
                                                run_trials=run_trials)
             return Expert.fit(self.source, self.target, self.latents[self.source], self.latents[self.target],
                               self.encoders, self.config, search=self.search, progress=progress, training=info,
-                              run_trials=run_trials)
+                              run_trials=run_trials, target_residuals=self.residuals)
+
+
+def feature_residuals(encoder, table: pd.DataFrame, latents: pd.DataFrame) -> pd.DataFrame:
+    """What ``encoder``'s latent cannot represent, on the rows of ``latents`` (its encoding of
+    them): the features of ``table`` on the modelled scale, a missing cell filled with its
+    column's mean over these rows (0 where a column has none), minus decode(latents). Experts
+    fit their residual head to it (:func:`cohere.experts.fit_head`)."""
+    truth = encoder.target_features(table.loc[latents.index])
+    filled = truth.fillna(truth.mean()).fillna(0.0).to_numpy(np.float64)
+    return pd.DataFrame((filled - encoder.decode(latents).to_numpy(np.float64)).astype(np.float32),
+                        index=latents.index, columns=truth.columns)
 
 
 def make_jobs(pairs: Iterable[tuple[str, str]], latents: Mapping[str, pd.DataFrame], encoders: Mapping,
-              config: TrainConfig, search: int = 0, cohort_name: str = "") -> list[Job]:
+              config: TrainConfig, search: int = 0, cohort_name: str = "",
+              tables: Mapping[str, pd.DataFrame] | None = None) -> list[Job]:
     """One job per (source or 'multi', target) pair, from the training split's latents
     {modality: DataFrame} and the encoders ({modality: encoder or digest}). Every pair is
-    checked before any job is made: an expert needs ``MIN_PAIRED`` samples with both."""
+    checked before any job is made: an expert needs ``MIN_PAIRED`` samples with both. With the
+    cohort's ``tables`` {modality: DataFrame} (and encoder objects), experts also get the
+    target's :func:`feature_residuals` on their rows, for their residual head."""
     digest = {m: (e if isinstance(e, str) else e.digest) for m, e in encoders.items()}
+    residuals: dict[str, pd.DataFrame] = {}
+
+    def residual(t: str) -> pd.DataFrame | None:
+        enc = encoders.get(t)
+        if tables is None or t not in tables or isinstance(enc, str) or enc is None:
+            return None
+        if t not in residuals:
+            residuals[t] = feature_residuals(enc, tables[t], latents[t])
+        return residuals[t]
+
     jobs = []
     for s, t in pairs:
         info = {"cohort": cohort_name, "seed": config.seed}
@@ -151,7 +178,9 @@ def make_jobs(pairs: Iterable[tuple[str, str]], latents: Mapping[str, pd.DataFra
                                   f"at least {MIN_PAIRED} are needed")
             data = {s: latents[s].loc[both], t: latents[t].loc[both]}
             info["description"] = f"{len(both)} training samples of cohort '{cohort_name}' with both {s} and {t}."
-        jobs.append(Job(s, t, data, {m: digest[m] for m in data}, config, search, info))
+        r = residual(t) if s != "multi" else None
+        jobs.append(Job(s, t, data, {m: digest[m] for m in data}, config, search, info,
+                        None if r is None else r.loc[data[t].index]))
     return jobs
 
 

@@ -266,6 +266,13 @@ def test_cli_trains_all_and_writes_artifacts(tiny_cohort, capsys):
     enc = json.loads((root / "models" / "encoders" / "rppa" / "config.json").read_text())
     assert cfg["encoders"]["rppa"] == enc["files"]["model.safetensors"] and cfg["sources"] == ["rppa"]
     assert cfg["training"]["recipe"]["steps"] == 20 and cfg["training"]["recipe"]["seed"] == 1
+    # experts get the mean stacking and the residual head; their request records both
+    exp = json.loads((root / "models" / "experts" / "rppa_to_cna" / "config.json").read_text())
+    features = len(json.loads((root / "models" / "encoders" / "cna" / "config.json").read_text())
+                   ["preprocessing"]["features"])
+    assert 0 <= exp["stacking"]["alpha"] <= 1 and exp["residual_head"]["features"] == features
+    assert exp["training"]["request"]["stacking"] and len(exp["training"]["request"]["residuals_sha256"]) == 64
+    assert "stacking" not in cfg and "residual_head" not in cfg  # the multi-condition model has neither
     assert cli(["experts", "list", "--models", str(root / "models")]) == 0
     assert "multi->rppa" in capsys.readouterr().out
 
@@ -341,3 +348,26 @@ def test_experts_record_their_stacking_and_older_artifacts_get_the_same_one(tmp_
     with pytest.raises(CohereError, match=r"rnaseq->cna: the held-out rows of these latents do not reproduce the "
                                           r"recorded scores .* give the latents it was trained on, or retrain it"):
         add_stacking(before, c[::-1].copy(), x[::-1].copy())
+
+
+def test_the_residual_head_is_fitted_recorded_and_added_to_older_artifacts(tmp_path, data):
+    from cohere.experts import add_head
+
+    c, x = data
+    rng = np.random.default_rng(1)
+    resid = (c[:, :5] @ rng.standard_normal((5, 7)) + 0.01 * rng.standard_normal((120, 7))).astype(np.float32)
+    fresh = Expert.fit("rnaseq", "cna", c, x, DIGESTS, TINY, target_residuals=resid)
+    shift = fresh.head_shift([torch.from_numpy(c)]).numpy()
+    assert shift.shape == (120, 7) and 1 - ((resid - shift) ** 2).sum() / ((resid - resid.mean(0)) ** 2).sum() > 0.95
+    fresh.save(tmp_path / "new")
+    assert json.loads((tmp_path / "new" / "config.json").read_text())["residual_head"]["features"] == 7
+    loaded = Expert.load(tmp_path / "new")
+    assert torch.equal(loaded.head.weight, fresh.head.weight)
+    old = Expert("rnaseq", "cna", fresh.model, fresh.schedule, fresh.encoders, TINY, fresh.metrics, fresh.training,
+                 fresh.x0_bounds, fresh.mean, fresh.noise_error, fresh.spread, fresh.stack, fresh.stack_alpha)
+    old.save(tmp_path / "old")
+    before = Expert.load(tmp_path / "old")
+    assert before.head is None and before.head_shift([torch.from_numpy(c)]) is None
+    assert add_head(before, c, resid).pack()[0] == fresh.pack()[0]
+    with pytest.raises(CohereError, match=r"residuals: expected a finite array of shape \(120, F\)"):
+        add_head(before, c, resid[:10])

@@ -14,6 +14,7 @@ from cohere.errors import CohereError
 from cohere.experts import Expert, MultiConditionModel, model_dir
 from cohere.generation import ModelSource, consensus_weights, generate_missing
 from cohere.plugins import get_modality
+from cohere.training import feature_residuals
 from clihelp import run
 
 TINY = dict(steps=600, eval_every=200, batch_size=128, hidden=64, layers=2, time_dim=16, val_steps=5,
@@ -37,9 +38,11 @@ def world(tmp_path_factory, sim):
         encoders[m] = enc
         latents[m] = enc.encode(t.loc[t.index.intersection(train)])
     cfg = TrainConfig(**TINY)
+    residuals = feature_residuals(encoders["rppa"], small.tables["rppa"], latents["rppa"])
     for s, tgt in [("rnaseq", "rppa"), ("cna", "rppa")]:
         ids = latents[s].index.intersection(latents[tgt].index)
-        e = Expert.fit(s, tgt, latents[s].loc[ids], latents[tgt].loc[ids], encoders, cfg)
+        e = Expert.fit(s, tgt, latents[s].loc[ids], latents[tgt].loc[ids], encoders, cfg,
+                       target_residuals=residuals.loc[ids])
         e.save(model_dir(models, e.id))
     y = latents["rppa"]
     multi = MultiConditionModel.fit("rppa", y, {m: latents[m].reindex(y.index) for m in ("cna", "rnaseq")},
@@ -300,3 +303,40 @@ def test_cli_stacking_flags(world, tmp_path, capsys):
     assert code == 1 and "--paper fixes the sampler and the consensus; drop --stacking or --paper" in err
     code, _, err = run(base + ["--no-stacking", "--out", str(tmp_path / "b.csv")], capsys)
     assert code == 0, err
+
+
+def test_decoded_draws_get_the_experts_residual_shift(world, tmp_path, capsys):
+    from cohere.generation import PAPER_MODE, prepare_generation
+
+    small, cohort_dir, models, encoders = world
+    source = ModelSource.folder(models)
+    enc = encoders["rppa"]
+    for have in (["rnaseq"], ["rnaseq", "cna"]):
+        res = generate_missing(small, "rppa", have, source, draws=3, seed=2)
+        plain = generate_missing(small, "rppa", have, source, draws=3, seed=2, residual=False)
+        assert res.settings["residual"] and not plain.settings["residual"] and plain.shift is None
+        np.testing.assert_array_equal(res.draws, plain.draws)  # latents are untouched
+        assert res.shift.shape == (len(res.samples), len(enc.preprocessor_.features_))
+        K, n, d = res.draws.shape
+        decoded = enc.decode(res.draws.reshape(K * n, d)).to_numpy(np.float32).reshape(K, n, -1)
+        np.testing.assert_allclose(res.decoded(), decoded + res.shift[None], atol=1e-5)
+        np.testing.assert_allclose(plain.decoded(), decoded, atol=1e-6)
+        frame = res.to_frame(decode=True, aggregate=True)
+        np.testing.assert_allclose(frame[enc.preprocessor_.features_].to_numpy(),
+                                   enc.decode(res.mean).to_numpy() + res.shift, atol=1e-4)
+    # one expert: its head's prediction; two: composed with the consensus weights
+    expert = source.model("rnaseq->rppa", encoders)
+    conds = [torch.as_tensor(encoders["rnaseq"].encode_cohort(small, small.samples(["rnaseq"])).to_numpy())]
+    np.testing.assert_allclose(prepare_generation(small, "rppa", ["rnaseq"], source).shift,
+                               expert.head_shift(conds).numpy(), atol=1e-5)
+    assert prepare_generation(small, "rppa", ["rnaseq"], source, **PAPER_MODE).shift is None
+    assert prepare_generation(small, "rppa", ["rnaseq"], source, method="multi").shift is None
+    # the CLI writes the same decoded values, streamed
+    out = tmp_path / "d.csv"
+    code, _, err = run(["generate", "--target", "rppa", "--have", "rnaseq", "--cohort", str(cohort_dir), "--models",
+                        str(models), "--draws", "3", "--seed", "2", "--decode", "--out", str(out)], capsys)
+    assert code == 0, err
+    table = pd.read_csv(out, index_col=0, dtype={"sample": str})
+    res = generate_missing(small, "rppa", ["rnaseq"], source, draws=3, seed=2)
+    first = table[table["draw"] == 0].loc[res.samples, enc.preprocessor_.features_].to_numpy()
+    np.testing.assert_allclose(first, res.decoded()[0], atol=1e-3)

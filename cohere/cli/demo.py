@@ -64,7 +64,8 @@ def demo(
     typer.echo("\n2. experts C->X for every pair, and one multi-condition model per target")
     t2 = time.perf_counter()
     cfg = TrainConfig(seed=seed, **DEMO_RECIPE)
-    model_jobs = make_jobs(plan([], True, cohort.modalities), latents, encoders, cfg, cohort_name="simulated")
+    model_jobs = make_jobs(plan([], True, cohort.modalities), latents, encoders, cfg, cohort_name="simulated",
+                           tables=cohort.tables)
     train_jobs(model_jobs, models, SerialExecutor(), force=True, log=lambda line: None, progress=progress).check(models)
     for target in cohort.modalities:
         typer.echo(f"   {target}: {len(cohort.modalities) - 1} experts + multi->{target}")

@@ -51,9 +51,13 @@ def generate(
                                             help="Stack the mean of each patient's draws with the experts' ridge "
                                                  "prediction, by the weight each expert chose on held-out rows "
                                                  "(coherent, 2+ draws; the spread is kept)."),
+    residual: Optional[bool] = typer.Option(None, "--residual/--no-residual", show_default="residual",
+                                            help="With --decode: add the experts' ridge prediction of the features "
+                                                 "outside the target's latent (coherent)."),
     paper: bool = typer.Option(False, "--paper", help="The paper's exact method: DDPM with all T steps, "
-                               "softmax(1/loss) weights, their average, no x0 clamp, no stacking. Not combinable "
-                               "with --sampler/--steps/--eta/--weighting/--consensus/--variance/--stacking."),
+                               "softmax(1/loss) weights, their average, no x0 clamp, no stacking, no residual. Not "
+                               "combinable with --sampler/--steps/--eta/--weighting/--consensus/--variance/"
+                               "--stacking/--residual."),
     threshold: float = typer.Option(1.0, min=0.0, help="Coherence threshold (weighted mean pairwise cosine distance)."),
     fraction: float = typer.Option(0.10, min=0.0, max=1.0, help="Reject a trajectory incoherent on more than this fraction of steps."),
     attempts: int = typer.Option(10, min=1, help="Trajectories per draw at most (rejected ones are regenerated)."),
@@ -93,7 +97,7 @@ def generate(
     check_choice("--variance", variance, VARIANCES)
     check_device(device)
     chosen = dict(sampler=sampler, steps=steps, eta=eta, weighting=weighting, consensus=consensus, variance=variance,
-                  stacking=stacking)
+                  stacking=stacking, residual=residual)
     if paper:
         clash = [f"--{k}" for k, v in chosen.items() if v is not None]
         if clash:
@@ -154,13 +158,14 @@ def stream(job, draws: int, seed: int, out: Path, diagnostics: Optional[Path], d
                 acc.add(rows, gen)
                 if not aggregate:
                     x = gen.draws.cpu().numpy()
+                    shift = None if job.shift is None else np.tile(job.shift[rows], (x.shape[0], 1))
                     table.write(draws_frame(job.target, job.target_encoder, samples[rows], x,
-                                            np.arange(first, first + x.shape[0]), decode).set_index("sample"))
+                                            np.arange(first, first + x.shape[0]), decode, shift).set_index("sample"))
                 update(i)
         diag = acc.diagnostics(job.samples, job.imputation)
         if aggregate:
-            table.write(aggregate_frame(job.target, job.target_encoder, job.samples, acc.mean, diag, decode)
-                        .set_index("sample"))
+            table.write(aggregate_frame(job.target, job.target_encoder, job.samples, acc.mean, diag, decode,
+                                        job.shift).set_index("sample"))
         if diag_tmp is not None:
             write_table_as(diag, diag_tmp, diagnostics.suffix)
     typer.echo(f"accepted {diag['accepted'].mean():.1%} of the draws, mean attempts {diag['attempts'].mean():.2f}",

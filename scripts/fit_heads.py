@@ -1,15 +1,17 @@
-"""Fit the mean stacking of experts trained before cohere fitted it, in place, without
-retraining their networks.
+"""Fit the mean stacking and the residual head of experts trained before cohere fitted them,
+in place, without retraining their networks.
 
-    python scripts/fit_stacking.py --models MODELS [--cohort DIR] [--seed 0]
+    python scripts/fit_heads.py --models MODELS [--cohort DIR] [--seed 0]
 
-Every expert in MODELS/experts that has no stacking gets it from the same code as training
-(:func:`cohere.experts.add_stacking`): its latents are rebuilt as ``cohere experts train``
-builds them (the encoders in MODELS, the cohort's training split for ``--seed``), ridge is
-fitted on the training rows its recipe keeps and the weight alpha is chosen on the held-out
-rows it carves out. The recomputed held-out scores must equal the recorded ones (else the
-expert is left as it is and the command fails). Multi-condition models are not changed. A
-model retrained with the current ``cohere experts train`` gets the same artifact.
+Every expert in MODELS/experts that lacks them gets them from the same code as training: its
+latents are rebuilt as ``cohere experts train`` builds them (the encoders in MODELS, the
+cohort's training split for ``--seed``). Stacking (:func:`cohere.experts.add_stacking`): ridge
+is fitted on the training rows its recipe keeps and the weight alpha is chosen on the held-out
+rows it carves out; the recomputed held-out scores must equal the recorded ones (else the
+expert is left as it is and the command fails). Residual head (:func:`cohere.experts.add_head`):
+ridge from the condition latents to the target's :func:`cohere.training.feature_residuals` on
+all its training rows. Multi-condition models are not changed. A model retrained with the
+current ``cohere experts train`` gets the same artifact.
 """
 
 from __future__ import annotations
@@ -32,11 +34,12 @@ def main() -> int:
     from cohere.cohort import Cohort
     from cohere.encoders import load_encoder
     from cohere.errors import CohereError
-    from cohere.experts import Expert, add_stacking, list_models, load_model
+    from cohere.experts import Expert, add_head, add_stacking, list_models, load_model
+    from cohere.training import feature_residuals
 
     cohort = Cohort.read(args.cohort)
     train_ids = cohort.ids_in("train", args.seed)
-    encoders, latents = {}, {}
+    encoders, latents, residuals = {}, {}, {}
 
     def latent(m: str):
         if m not in latents:
@@ -47,13 +50,17 @@ def main() -> int:
     failed = 0
     for folder in list_models(args.models):
         model = load_model(folder)
-        if not isinstance(model, Expert) or model.stack is not None:
+        if not isinstance(model, Expert) or (model.stack is not None and model.head is not None):
             continue
         s, t = latent(model.source), latent(model.target)
         both = s.index.intersection(t.index)  # as make_jobs pairs them
         try:
             model.check_encoders(encoders)
-            fitted = add_stacking(model, s.loc[both], t.loc[both])
+            fitted = model if model.stack is not None else add_stacking(model, s.loc[both], t.loc[both])
+            if fitted.head is None:
+                if model.target not in residuals:
+                    residuals[model.target] = feature_residuals(encoders[model.target], cohort.tables[model.target], t)
+                fitted = add_head(fitted, s.loc[both], residuals[model.target].loc[both])
         except CohereError as e:
             print(f"{model.id}: {e}", file=sys.stderr)
             failed += 1
@@ -62,7 +69,8 @@ def main() -> int:
         h = fitted.metrics["held_out"]
         print(f"{model.id}: alpha {fitted.stack_alpha:.1f}; held-out r2_mean {h['r2_mean']} -> {h['stacked_r2_mean']} "
               f"(ridge {h['ridge_r2']}), energy {h['energy']} -> {h['stacked_energy']} "
-              f"(ridge+resboot {h['ridge_resboot_energy']}); {fitted.digest[:12]}", flush=True)
+              f"(ridge+resboot {h['ridge_resboot_energy']}); residual head over {fitted.head.weight.shape[0]} features; "
+              f"{fitted.digest[:12]}", flush=True)
     return 1 if failed else 0
 
 
