@@ -484,7 +484,8 @@ class _DiffusionModel:
                               "{'features': a positive int, ...}")
         head_shapes = RidgeMean.shapes(features, dcfg.cond_dims[0], "residual") if features else {}
         art.expect({**{k: tuple(v.shape) for k, v in state.items()}, "x0_bounds.low": (d,), "x0_bounds.high": (d,),
-                    **mean_shapes, **stack_shapes, **head_shapes, "noise_error": (2 ** len(sources), schedule.num_train_timesteps)})
+                    **mean_shapes, **stack_shapes, **head_shapes,
+                    "noise_error": (2 ** len(sources), schedule.num_train_timesteps)})
         tensors = dict(art.tensors)
         bounds = (tensors.pop("x0_bounds.low"), tensors.pop("x0_bounds.high"))
         mean = RidgeMean(*(tensors.pop(k) for k in mean_shapes)) if mean_shapes else None

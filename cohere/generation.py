@@ -305,7 +305,7 @@ class GenerationResult:
                                    decode, self.shift)
         K = self.draws.shape[0]
         return draws_frame(self.target, self.target_encoder, self.samples.to_numpy(), self.draws, np.arange(K),
-                           decode, None if self.shift is None else np.tile(self.shift, (K, 1)))
+                           decode, self.shift)
 
     def decoded(self) -> np.ndarray:
         """(K, n, F) every draw decoded into the target's features, the residual shift added."""
@@ -329,10 +329,11 @@ def _values_frame(target: str, encoder: Encoder, x: np.ndarray, decode: bool, sh
 def draws_frame(target: str, encoder: Encoder, samples: np.ndarray, values: np.ndarray, draw_ids: np.ndarray,
                 decode: bool, shift=None) -> pd.DataFrame:
     """Rows (sample, draw) for ``values`` (k, r, d), the draws ``draw_ids`` (k,) of the
-    patients ``samples`` (r,): latent columns, or the decoded features with ``decode``
-    (plus ``shift`` (k * r, F), draw-major, when given)."""
+    patients ``samples`` (r,): latent columns, or the decoded features with ``decode`` (plus
+    each patient's ``shift`` (r, F) when given)."""
     k, r, d = values.shape
-    table = _values_frame(target, encoder, values.reshape(-1, d), decode, shift)
+    tiled = None if shift is None else np.tile(shift, (k, 1))  # draw-major, as the rows
+    table = _values_frame(target, encoder, values.reshape(-1, d), decode, tiled)
     table.insert(0, "sample", np.tile(samples, k))
     table.insert(1, "draw", np.repeat(np.asarray(draw_ids), r))
     return table
@@ -542,7 +543,8 @@ def prepare_generation(
         if extra:
             raise CohereError(f"multi->{target} was not trained with {extra[0]!r} as a condition")
         members = [multi.to(device).member(conds, n=len(ids))]
-        used, w, schedule, bounds, prior, stack, shift = [multi.id], [1.0], multi.schedule, multi.x0_bounds, [], None, None
+        used, w, schedule, bounds, prior = [multi.id], [1.0], multi.schedule, multi.x0_bounds, []
+        stack = shift = None  # the multi-condition model has neither
     steps = None if sampler == "ddpm" else steps
     variance = variance if sampler == "ddim" else "fixed"
     options = dict(method=sampler, steps=steps, eta=eta, threshold=threshold, fraction=fraction, attempts=attempts,

@@ -158,9 +158,9 @@ def stream(job, draws: int, seed: int, out: Path, diagnostics: Optional[Path], d
                 acc.add(rows, gen)
                 if not aggregate:
                     x = gen.draws.cpu().numpy()
-                    shift = None if job.shift is None else np.tile(job.shift[rows], (x.shape[0], 1))
                     table.write(draws_frame(job.target, job.target_encoder, samples[rows], x,
-                                            np.arange(first, first + x.shape[0]), decode, shift).set_index("sample"))
+                                            np.arange(first, first + x.shape[0]), decode,
+                                            None if job.shift is None else job.shift[rows]).set_index("sample"))
                 update(i)
         diag = acc.diagnostics(job.samples, job.imputation)
         if aggregate:
