@@ -15,6 +15,7 @@ latent-space contract, checked by :meth:`check_encoders`.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -31,7 +32,7 @@ from .diffusion import Denoiser, DenoiserConfig, NoiseSchedule
 from .diffusion.train import TrainConfig, TrainResult, random_search, split_validation, train_denoiser
 from .errors import CohereError
 from .ids import ARROW, parse_id
-from .sampling import Member, sample_latents
+from .sampling import Member, recenter, sample_latents
 from . import scores
 
 
@@ -143,8 +144,6 @@ def stack_weight(y: np.ndarray, draws: np.ndarray, point: np.ndarray) -> float:
     ridge's carries the linear map's bias; their errors are far from perfectly correlated, so
     a blend beats both. The recentring moves the draws, not their spread, so the calibration
     of the intervals is kept."""
-    from .sampling import recenter
-
     x, p = torch.from_numpy(np.asarray(draws, np.float64)), torch.from_numpy(np.asarray(point, np.float64))
     best = (math.inf, 1.0)
     for a in sorted(STACK_ALPHAS, reverse=True):
@@ -277,8 +276,6 @@ def held_out_report(model: Denoiser, schedule: NoiseSchedule, val, train, bounds
     if unconditional:
         out["unconditional_energy"] = scores.energy_score(y, sample(0.0))
     if stack is not None:
-        from .sampling import recenter
-
         p = stack(conds).double().numpy()
         out["stack_alpha"] = stack_weight(y, x, p)
         xs = recenter(torch.from_numpy(x), torch.from_numpy(p), out["stack_alpha"]).numpy()
@@ -641,8 +638,10 @@ class _DiffusionModel:
         noise-error profile, the calibrated spread, the stacking ridge (``stack``: fitted on the
         training rows) and the :func:`held_out_report` that also chooses its weight.
         Returns (profile, spread, report, stacking RidgeMean or None)."""
-        presence = torch.ones(len(x0), len(conds)) if mask is None else torch.as_tensor(mask, dtype=torch.float32)
-        tr, va = split_validation(presence, config.val_fraction, config.seed) if split is None else split
+        if split is None:
+            presence = torch.ones(len(x0), len(conds)) if mask is None else torch.as_tensor(mask, dtype=torch.float32)
+            split = split_validation(presence, config.val_fraction, config.seed)
+        tr, va = split
         val_mask = np.ones((len(va), len(conds)), np.float32) if mask is None else mask[va]
         bounds = tuple(torch.from_numpy(np.ascontiguousarray(b, np.float32)) for b in (x0[tr].min(0), x0[tr].max(0)))
         tensor = (lambda a: torch.from_numpy(np.nan_to_num(np.ascontiguousarray(a, np.float32))))  # masked NaN -> 0
@@ -765,13 +764,20 @@ def add_stacking(expert: Expert, source_latents, target_latents) -> Expert:
         raise CohereError(f"{expert.id}: the held-out rows of these latents do not reproduce the recorded scores "
                           f"(spread {spread} vs {expert.spread}, held-out {report.get('energy')} vs "
                           f"{recorded.get('energy')}); give the latents it was trained on, or retrain it")
-    metrics = {**expert.metrics, "held_out": report}
-    training = dict(expert.training)
-    if isinstance(training.get("request"), dict):
-        training["request"] = {**training["request"], "stacking": True}
-    return Expert(expert.source, expert.target, expert.model, expert.schedule, expert.encoders, cfg, metrics,
-                  training, expert.x0_bounds, expert.mean, expert.noise_error, expert.spread, stack,
-                  report["stack_alpha"], expert.head)
+    return _fitted_after(expert, {"stacking": True}, metrics={**expert.metrics, "held_out": report}, stack=stack,
+                         stack_alpha=report["stack_alpha"])
+
+
+def _fitted_after(expert: Expert, request: dict, **changes) -> Expert:
+    """A copy of ``expert`` with ``changes`` to its attributes and ``request`` added to its
+    recorded training request (what a training with the current code records); unsaved."""
+    new = copy.copy(expert)
+    new.__dict__.update(changes)
+    new.training = dict(expert.training)
+    if isinstance(new.training.get("request"), dict):
+        new.training["request"] = {**new.training["request"], **request}
+    new.digest = new.path = None
+    return new
 
 
 def fit_head(source_latents, target_residuals) -> RidgeMean:
@@ -791,12 +797,8 @@ def add_head(expert: Expert, source_latents, target_residuals) -> Expert:
     """The ``expert`` with the residual head fitted (:func:`fit_head`), for an artifact
     trained before cohere fitted it; ``source_latents`` and ``target_residuals`` of the rows it
     was trained on, in the same order."""
-    training = dict(expert.training)
-    if isinstance(training.get("request"), dict):
-        training["request"] = {**training["request"], "residuals_sha256": residuals_digest(target_residuals)}
-    return Expert(expert.source, expert.target, expert.model, expert.schedule, expert.encoders, expert.train_config,
-                  expert.metrics, training, expert.x0_bounds, expert.mean, expert.noise_error, expert.spread,
-                  expert.stack, expert.stack_alpha, fit_head(source_latents, target_residuals))
+    return _fitted_after(expert, {"residuals_sha256": residuals_digest(target_residuals)},
+                         head=fit_head(source_latents, target_residuals))
 
 
 def residuals_digest(residuals) -> str:

@@ -32,35 +32,31 @@ def main() -> int:
     args = ap.parse_args()
 
     from cohere.cohort import Cohort
+    from cohere.diffusion.train import TrainConfig
     from cohere.encoders import load_encoder
     from cohere.errors import CohereError
     from cohere.experts import Expert, add_head, add_stacking, list_models, load_model
-    from cohere.training import feature_residuals
+    from cohere.training import make_jobs
 
+    todo = [(folder, model) for folder, model in ((f, load_model(f)) for f in list_models(args.models))
+            if isinstance(model, Expert) and (model.stack is None or model.head is None)]
     cohort = Cohort.read(args.cohort)
     train_ids = cohort.ids_in("train", args.seed)
-    encoders, latents, residuals = {}, {}, {}
-
-    def latent(m: str):
-        if m not in latents:
-            encoders[m] = load_encoder(args.models / "encoders" / m)
-            latents[m] = encoders[m].encode_cohort(cohort, cohort.tables[m].index.intersection(train_ids))
-        return latents[m]
+    needed = sorted({m for _, model in todo for m in (model.source, model.target)})
+    encoders = {m: load_encoder(args.models / "encoders" / m) for m in needed}
+    latents = {m: encoders[m].encode_cohort(cohort, cohort.tables[m].index.intersection(train_ids)) for m in needed}
+    # the jobs `cohere experts train` makes: the same rows, in the same order, and the same residuals
+    # (their recipe is not used: each expert's own is)
+    jobs = make_jobs([(model.source, model.target) for _, model in todo], latents, encoders, TrainConfig(),
+                     tables=cohort.tables)
 
     failed = 0
-    for folder in list_models(args.models):
-        model = load_model(folder)
-        if not isinstance(model, Expert) or (model.stack is not None and model.head is not None):
-            continue
-        s, t = latent(model.source), latent(model.target)
-        both = s.index.intersection(t.index)  # as make_jobs pairs them
+    for (folder, model), job in zip(todo, jobs):
+        c, x = job.latents[model.source], job.latents[model.target]
         try:
             model.check_encoders(encoders)
-            fitted = model if model.stack is not None else add_stacking(model, s.loc[both], t.loc[both])
-            if fitted.head is None:
-                if model.target not in residuals:
-                    residuals[model.target] = feature_residuals(encoders[model.target], cohort.tables[model.target], t)
-                fitted = add_head(fitted, s.loc[both], residuals[model.target].loc[both])
+            fitted = model if model.stack is not None else add_stacking(model, c, x)
+            fitted = fitted if fitted.head is not None else add_head(fitted, c, job.residuals)
         except CohereError as e:
             print(f"{model.id}: {e}", file=sys.stderr)
             failed += 1
