@@ -188,7 +188,7 @@ class Consensus:
     """The members of Coherent Denoising for one batch of patients (see :func:`expert_consensus`)."""
 
     members: list  # one Member per expert with a positive weight
-    prior: list  # the experts' unconditional members (eps_u), for the product consensus
+    prior: list  # the unconditional member (eps_u) of the product consensus: [] for one expert or "average"
     models: list[str]  # their ids
     weights: list[float]
     schedule: object
@@ -244,14 +244,17 @@ def expert_consensus(experts: list[Expert], conds: dict, consensus: str = DEFAUL
                      device: str = "cpu", stacking: bool = True, residual: bool = True) -> Consensus:
     """Experts ``source->X`` as consensus members for the rows of ``conds`` {source: (n, c)
     latents}: weights by :func:`product_weights` ("product") or :func:`consensus_weights`
-    ("average"), experts of weight 0 left out, the unconditional members the product needs,
-    (``stacking``) the :func:`stacked_mean` and (``residual``) the :func:`residual_shift`."""
+    ("average"), experts of weight 0 left out, the unconditional member the product needs (that
+    of the expert trained on the most rows), (``stacking``) the :func:`stacked_mean` and (``residual``) the :func:`residual_shift`."""
     w = product_weights(experts, weights) if consensus == "product" else consensus_weights(experts, weighting, weights)
     keep = [(e, wi) for e, wi in zip(experts, w) if wi > 0]   # a zero weight has no effect
     members = [e.to(device).member({e.source: torch.as_tensor(conds[e.source])}, weight=wi) for e, wi in keep]
     n = len(members[0].conds[0])
-    # eps_u: the experts' unconditional predictions, averaged (unused by "average")
-    prior = [e.prior_member(n) for e, _ in keep] if consensus == "product" and len(keep) > 1 else []
+    # eps_u (unused by "average"): the unconditional prediction of one expert, the one trained on the most
+    # target rows. Every expert's unconditional branch models the same p(x); averaging all of them cost one
+    # network evaluation per expert per step and changed the energy score by at most 0.002 on val
+    prior = ([max((e for e, _ in keep), key=lambda e: int(e.training.get("n_train", 0))).prior_member(n)]
+             if consensus == "product" and len(keep) > 1 else [])
     bounds = (torch.stack([e.x0_bounds[0] for e, _ in keep]).amin(0),
               torch.stack([e.x0_bounds[1] for e, _ in keep]).amax(0))
     stack = stacked_mean([e for e, _ in keep], conds, [wi for _, wi in keep]) if stacking else None
@@ -575,7 +578,7 @@ def generate_missing(cohort: Cohort, target: str, have: list[str], source: Model
     the target's training range recorded in the models (without it about 1% of few-step
     trajectories run away). ``consensus`` (Coherent Denoising): "product" combines the experts
     as a product, eps_u + sum_i w_i (eps_i - eps_u) with every w_i = 1 unless ``weights`` are
-    given (eps_u the experts' unconditional prediction); "average" is the paper's weighted
+    given (eps_u the unconditional prediction of the expert trained on the most rows); "average" is the paper's weighted
     average, with weights from ``weighting`` or ``weights`` normalised to sum to one (see
     :mod:`cohere.sampling`). ``variance`` (the DDIM sampler): "analytic", the optimal reverse
     variance from the models' recorded noise-prediction errors, or "fixed", DDIM's own (too

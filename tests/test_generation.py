@@ -340,3 +340,25 @@ def test_decoded_draws_get_the_experts_residual_shift(world, tmp_path, capsys):
     res = generate_missing(small, "rppa", ["rnaseq"], source, draws=3, seed=2)
     first = table[table["draw"] == 0].loc[res.samples, enc.preprocessor_.features_].to_numpy()
     np.testing.assert_allclose(first, res.decoded()[0], atol=1e-3)
+
+
+def test_the_product_takes_eps_u_from_the_expert_trained_on_the_most_rows(world):
+    import copy
+
+    from cohere.generation import expert_consensus
+
+    small, _, models, encoders = world
+    source = ModelSource.folder(models)
+    experts = [source.model(i, encoders) for i in ("rnaseq->rppa", "cna->rppa")]
+    conds = {e.source: torch.as_tensor(encoders[e.source].encode_cohort(small, small.samples(["cna", "rnaseq"]))
+                                       .to_numpy()) for e in experts}
+    for most in (0, 1):   # whichever has more training rows gives the one unconditional member
+        ranked = [copy.copy(e) for e in experts]
+        for i, e in enumerate(ranked):
+            e.training = {**e.training, "n_train": 100 if i == most else 50}
+        c = expert_consensus(ranked, conds)
+        assert len(c.members) == 2 and len(c.prior) == 1
+        assert c.prior[0].model is ranked[most].model and not c.prior[0].mask.any()
+    # one expert, or the paper's average, runs no unconditional branch
+    assert expert_consensus(experts[:1], conds).prior == []
+    assert expert_consensus(experts, conds, consensus="average").prior == []
