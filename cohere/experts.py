@@ -403,7 +403,7 @@ class _DiffusionModel:
                              "cond_dims": list(self.model.config.cond_dims)},
             "training": {**({"recipe": self.train_config.to_dict()} if self.train_config else {}), **self.training},
             "metrics": self.metrics,
-            "n_train": int(self.training.get("n_train", 0)),
+            "n_train": self.n_train,
             "sampling": {"method": "ddim", "steps": 20, "eta": 1.0, "variance": "analytic", "spread": self.spread,
                          "x0_clamp": "per-dimension training range of the target (tensors x0_bounds.low/high)"},
             "mean": "none" if self.mean is None else "ridge",
@@ -539,6 +539,11 @@ class _DiffusionModel:
         if "unconditional_energy" not in h or "energy" not in h:
             return None
         return float(h["unconditional_energy"]) - float(h["energy"])
+
+    @property
+    def n_train(self) -> int:
+        """The training rows the network was fitted on (0 when the artifact does not record them)."""
+        return int(self.training.get("n_train", 0))
 
     @property
     def unconditional(self) -> bool:

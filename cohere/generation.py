@@ -245,22 +245,21 @@ def expert_consensus(experts: list[Expert], conds: dict, consensus: str = DEFAUL
     """Experts ``source->X`` as consensus members for the rows of ``conds`` {source: (n, c)
     latents}: weights by :func:`product_weights` ("product") or :func:`consensus_weights`
     ("average"), experts of weight 0 left out, the unconditional member the product needs (that
-    of the expert trained on the most rows), (``stacking``) the :func:`stacked_mean` and (``residual``) the :func:`residual_shift`."""
+    of the expert trained on the most rows), (``stacking``) the :func:`stacked_mean` and
+    (``residual``) the :func:`residual_shift`."""
     w = product_weights(experts, weights) if consensus == "product" else consensus_weights(experts, weighting, weights)
     keep = [(e, wi) for e, wi in zip(experts, w) if wi > 0]   # a zero weight has no effect
+    kept, kept_w = [e for e, _ in keep], [wi for _, wi in keep]
     members = [e.to(device).member({e.source: torch.as_tensor(conds[e.source])}, weight=wi) for e, wi in keep]
     n = len(members[0].conds[0])
     # eps_u (unused by "average"): the unconditional prediction of one expert, the one trained on the most
     # target rows. Every expert's unconditional branch models the same p(x); averaging all of them cost one
     # network evaluation per expert per step and changed the energy score by at most 0.002 on val
-    prior = ([max((e for e, _ in keep), key=lambda e: int(e.training.get("n_train", 0))).prior_member(n)]
-             if consensus == "product" and len(keep) > 1 else [])
-    bounds = (torch.stack([e.x0_bounds[0] for e, _ in keep]).amin(0),
-              torch.stack([e.x0_bounds[1] for e, _ in keep]).amax(0))
-    stack = stacked_mean([e for e, _ in keep], conds, [wi for _, wi in keep]) if stacking else None
-    shift = residual_shift([e for e, _ in keep], conds, [wi for _, wi in keep]) if residual else None
-    return Consensus(members, prior, [e.id for e, _ in keep], [wi for _, wi in keep], keep[0][0].schedule, bounds,
-                     stack, shift)
+    prior = [max(kept, key=lambda e: e.n_train).prior_member(n)] if consensus == "product" and len(kept) > 1 else []
+    bounds = (torch.stack([e.x0_bounds[0] for e in kept]).amin(0), torch.stack([e.x0_bounds[1] for e in kept]).amax(0))
+    stack = stacked_mean(kept, conds, kept_w) if stacking else None
+    shift = residual_shift(kept, conds, kept_w) if residual else None
+    return Consensus(members, prior, [e.id for e in kept], kept_w, kept[0].schedule, bounds, stack, shift)
 
 
 # ---------------------------------------------------------------- the result
@@ -578,9 +577,9 @@ def generate_missing(cohort: Cohort, target: str, have: list[str], source: Model
     the target's training range recorded in the models (without it about 1% of few-step
     trajectories run away). ``consensus`` (Coherent Denoising): "product" combines the experts
     as a product, eps_u + sum_i w_i (eps_i - eps_u) with every w_i = 1 unless ``weights`` are
-    given (eps_u the unconditional prediction of the expert trained on the most rows); "average" is the paper's weighted
-    average, with weights from ``weighting`` or ``weights`` normalised to sum to one (see
-    :mod:`cohere.sampling`). ``variance`` (the DDIM sampler): "analytic", the optimal reverse
+    given (eps_u the unconditional prediction of the expert trained on the most rows);
+    "average" is the paper's weighted average, with weights from ``weighting`` or ``weights``
+    normalised to sum to one (see :mod:`cohere.sampling`). ``variance`` (the DDIM sampler): "analytic", the optimal reverse
     variance from the models' recorded noise-prediction errors, or "fixed", DDIM's own (too
     narrow at few steps). ``threshold``, ``fraction``, ``attempts``: coherence rejection.
     ``min_coverage``: a condition table must have at least this share of its encoder's
