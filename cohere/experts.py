@@ -190,19 +190,28 @@ def noise_error_profile(model: Denoiser, schedule: NoiseSchedule, val, offset=No
 
 
 REPORT_DRAWS = 20
-SPREADS = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0)
+# the default sampler's reverse steps: every model's spread is calibrated at this count (and the
+# count recorded in its config, ``sampling.steps``), and generation runs each model at the count
+# it was calibrated at. 12 steps keep a pair of experts (3 network evaluations a step) above 50x
+# the paper's DDPM-1000 (2 a step) in throughput: 2000 / 36 = 56x; one expert 1000 / 12 = 83x.
+SAMPLER_STEPS = 12
+LEGACY_STEPS = 20  # what artifacts whose config records no step count were calibrated at
+# factors on the noise-error profile, a quarter octave apart: 0.5 (a few steps draw wider than
+# the analytic variance says) to 4 (the analytic variance alone is too narrow)
+SPREADS = tuple(round(2 ** (k / 4), 4) for k in range(-4, 9))
 
 
 def _held_out_draws(model, schedule, x0, conds, mask_value, offset, noise_error, bounds, draws, seed) -> np.ndarray:
-    """(draws, n, d) generations of the held-out rows with the default sampler (DDIM, 20 steps,
-    eta 1, analytic variance from ``noise_error`` when given), every condition set to ``mask_value``."""
+    """(draws, n, d) generations of the held-out rows with the default sampler (DDIM,
+    ``SAMPLER_STEPS`` steps, eta 1, analytic variance from ``noise_error`` when given), every
+    condition set to ``mask_value``."""
     n, k = len(x0), len(conds)
     m = torch.full((n, k), mask_value)
     member = Member(model, conds, m, offset=None if offset is None else offset(conds, m),
                     noise_error=noise_error).tile(draws)
     g = torch.Generator().manual_seed(seed + 3)
-    return sample_latents([member], schedule, draws * n, method="ddim", steps=20, eta=1.0, generator=g,
-                          x0_bounds=bounds, variance="analytic" if noise_error is not None else "fixed"
+    return sample_latents([member], schedule, draws * n, method="ddim", steps=SAMPLER_STEPS, eta=1.0,
+                          generator=g, x0_bounds=bounds, variance="analytic" if noise_error is not None else "fixed"
                           ).view(draws, n, -1).double().numpy()
 
 
@@ -219,8 +228,9 @@ def calibrate_spread(model: Denoiser, schedule: NoiseSchedule, val, bounds, nois
     central 50% and 90% intervals on its held-out rows ``val``: the one whose coverage is
     closest (summed absolute error) to what a calibrated sampler with ``draws`` draws covers.
     The analytic variance alone leaves the draws of some experts a little too narrow (90%
-    intervals covering 0.81-0.84 instead of 0.865 on held-out TCGA patients); a larger
-    factor widens every reverse step's noise. The energy score is flat over these factors, so
+    intervals covering 0.81-0.84 instead of 0.865 on held-out TCGA patients), and a few steps
+    leave others a little too wide; a factor above 1 widens every reverse step's noise, one
+    below 1 narrows it. The energy score is flat over these factors, so
     calibrating costs nothing on the proper score."""
     x0, conds = _complete(val)
     if len(x0) < 10:
@@ -243,7 +253,7 @@ def held_out_report(model: Denoiser, schedule: NoiseSchedule, val, train, bounds
                     stack: RidgeMean | None = None) -> dict:
     """What a user can judge a model by, on its held-out rows ``val`` = (x0, conds, mask)
     with every condition present: ``draws`` generations per row with the default sampler
-    (DDIM, 20 steps, analytic variance) scored by the R^2 of their mean, the energy score and
+    (DDIM, ``SAMPLER_STEPS`` steps, analytic variance) scored by the R^2 of their mean, the energy score and
     the coverage of the central 90% interval, beside ridge regression fitted on the training
     rows ``train`` = (x0, conds) (the R^2 of its prediction, and the energy score of ridge plus
     a bootstrapped training residual) and beside the model's own unconditional branch (how
@@ -328,7 +338,7 @@ class _DiffusionModel:
                  metrics: Mapping | None = None, training: Mapping | None = None,
                  x0_bounds: tuple | None = None, mean: RidgeMean | None = None,
                  noise_error: torch.Tensor | None = None, spread: float = 1.0, stack: StackMean | None = None,
-                 stack_alpha: float = 1.0, head: RidgeMean | None = None):
+                 stack_alpha: float = 1.0, head: RidgeMean | None = None, sampler_steps: int = SAMPLER_STEPS):
         d = model.config.latent_dim
         if x0_bounds is None:
             x0_bounds = (torch.full((d,), -torch.inf), torch.full((d,), torch.inf))
@@ -344,6 +354,7 @@ class _DiffusionModel:
         self.mean = mean
         self.noise_error = noise_error  # (2^k, T) or None (see noise_error_profile)
         self.spread = float(spread)  # factor on noise_error that calibrates the draws (calibrate_spread)
+        self.sampler_steps = int(sampler_steps)  # the DDIM step count that spread was calibrated at
         self.stack = stack  # the ridge mean the draws' mean is stacked with (experts), or None
         self.stack_alpha = float(stack_alpha)  # its stacking weight (stack_weight); 1 = none
         self.head = head  # ridge from the condition to the target's features outside its latent (experts), or None
@@ -404,7 +415,7 @@ class _DiffusionModel:
             "training": {**({"recipe": self.train_config.to_dict()} if self.train_config else {}), **self.training},
             "metrics": self.metrics,
             "n_train": self.n_train,
-            "sampling": {"method": "ddim", "steps": 20, "eta": 1.0, "variance": "analytic", "spread": self.spread,
+            "sampling": {"method": "ddim", "steps": self.sampler_steps, "eta": 1.0, "variance": "analytic", "spread": self.spread,
                          "x0_clamp": "per-dimension training range of the target (tensors x0_bounds.low/high)"},
             "mean": "none" if self.mean is None else "ridge",
             "unconditional": self.unconditional,
@@ -463,6 +474,11 @@ class _DiffusionModel:
         if mean_kind not in ("none", "ridge") or (mean_kind == "ridge" and len(sources) != 1):
             raise CohereError(f"{folder}: unsupported mean {mean_kind!r}; cohere models use 'none', or 'ridge' "
                               "for single-condition experts")
+        sampling = cfg.get("sampling") if isinstance(cfg.get("sampling"), dict) else {}
+        steps = sampling.get("steps", LEGACY_STEPS)
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= schedule.num_train_timesteps:
+            raise CohereError(f"{folder}: unsupported sampling.steps {steps!r}; cohere models record the DDIM step "
+                              f"count their spread was calibrated at (an int in 1..{schedule.num_train_timesteps})")
         model = Denoiser(dcfg)
         state = model.state_dict()
         d = dcfg.latent_dim
@@ -496,8 +512,9 @@ class _DiffusionModel:
         obj = cls.__new__(cls)
         _DiffusionModel.__init__(obj, sources, target, model, schedule, recorded,
                                  TrainConfig.from_dict(recipe) if recipe else None, cfg.get("metrics", {}), training,
-                                 bounds, mean, noise_error, float(cfg.get("sampling", {}).get("spread", 1.0)),
-                                 stack, 1.0 if alpha is None else float(alpha), head)
+                                 bounds, mean, noise_error, float(sampling.get("spread", 1.0)),
+                                 stack, 1.0 if alpha is None else float(alpha), head,
+                                 steps)
         obj._unconditional = bool(cfg.get("unconditional", False))
         if obj.id != cfg.get("id"):
             raise CohereError(f"{folder}: config id {cfg.get('id')!r} does not match its sources and target ({obj.id!r})")
@@ -580,8 +597,9 @@ class _DiffusionModel:
                seed: int = 0, eta: float = 1.0, n: int | None = None, clip: bool = True) -> np.ndarray:
         """Generate ``n_draws`` target latents per row: array (n_draws, n, latent_dim).
 
-        Defaults: DDIM with 50 trailing steps and eta = 1 (stochastic, like DDPM's ancestral
-        sampling); ``method="ddpm"`` runs the paper's full T-step sampler. ``n``: rows to
+        Defaults: DDIM with eta = 1 (stochastic, like DDPM's ancestral sampling) and the
+        ``sampler_steps`` its spread was calibrated at; ``method="ddpm"`` runs the paper's
+        full T-step sampler. ``n``: rows to
         generate when no condition is given (multi model, unconditional). ``clip``: clamp the
         x_0 estimate at every step to the training range of the target (``x0_bounds``).
         These are the network's own draws: the stacking of their mean with ridge's
@@ -591,6 +609,7 @@ class _DiffusionModel:
             raise CohereError(f"n_draws must be a positive int, got {n_draws!r}")
         mem = self.member(conds, n_draws=n_draws, n=n)
         n = len(mem.conds[0]) if mem.conds else len(mem.mask)
+        steps = self.sampler_steps if steps is None and method != "ddpm" else steps
         device = next(self.model.parameters()).device
         g = torch.Generator(device).manual_seed(int(seed))
         x = sample_latents([mem], self.schedule.to(device), n, method=method, steps=steps, eta=eta, generator=g,
@@ -749,28 +768,9 @@ class Expert(_DiffusionModel):
 
 def add_stacking(expert: Expert, source_latents, target_latents) -> Expert:
     """The ``expert`` with the stacking of its mean fitted, for an artifact trained before
-    cohere fitted it: the same :meth:`~_DiffusionModel._finish` as training, on the held-out
-    rows its recipe carves out of ``source_latents`` / ``target_latents`` (the latents it was
-    trained on, in the same order). The network is not touched; the recomputed spread and
-    held-out scores must equal the recorded ones, which proves the rows are the same."""
-    cfg = expert.train_config
-    if cfg is None:
-        raise CohereError(f"{expert.id}: the artifact records no training recipe; retrain it")
-    c = _to_tensor(source_latents, f"{expert.source} latents").numpy()
-    x = _to_tensor(target_latents, f"{expert.target} latents", rows=len(c)).numpy()
-    from .diffusion.train import cpu_threads
-
-    with cpu_threads(cfg):
-        _, spread, report, stack = _DiffusionModel._finish(expert.model, x, [c], None, cfg, expert.schedule,
-                                                           expert.mean, True)
-    recorded = expert.metrics.get("held_out", {})
-    same = spread == expert.spread and all(report.get(k) == recorded.get(k) for k in ("n", "r2_mean", "energy"))
-    if not same:
-        raise CohereError(f"{expert.id}: the held-out rows of these latents do not reproduce the recorded scores "
-                          f"(spread {spread} vs {expert.spread}, held-out {report.get('energy')} vs "
-                          f"{recorded.get('energy')}); give the latents it was trained on, or retrain it")
-    return _fitted_after(expert, {"stacking": True}, metrics={**expert.metrics, "held_out": report}, stack=stack,
-                         stack_alpha=report["stack_alpha"])
+    cohere fitted it: :func:`recalibrate` with the stacking added (the latents it was trained
+    on, in the same order). The network is not touched."""
+    return recalibrate(expert, target_latents, {expert.source: source_latents}, stacking=True)
 
 
 def _fitted_after(expert: Expert, request: dict, **changes) -> Expert:
@@ -804,6 +804,48 @@ def add_head(expert: Expert, source_latents, target_residuals) -> Expert:
     was trained on, in the same order."""
     return _fitted_after(expert, {"residuals_sha256": residuals_digest(target_residuals)},
                          head=fit_head(source_latents, target_residuals))
+
+
+def recalibrate(model: "_DiffusionModel", target_latents, source_latents: Mapping[str, object],
+                stacking: bool | None = None) -> "_DiffusionModel":
+    """The ``model`` (an expert or a multi-condition model) recalibrated for this version's
+    default sampler (``SAMPLER_STEPS`` steps, the ``SPREADS`` grid): the same
+    :meth:`~_DiffusionModel._finish` as training, on the held-out rows its recipe carves out of
+    the latents it was trained on (``target_latents`` (n, d) and ``source_latents``
+    {modality: (n, d)}, in the same order; for a multi-condition model NaN rows where a sample
+    lacks the source). The network is not touched. The rows are proved the same by the
+    noise-error profile, which does not depend on the sampler: recomputed on them it must
+    equal the recorded one. The spread, the held-out report and (experts that have it) the
+    stacking weight are chosen anew; the result is the artifact a training with this version
+    gives. ``stacking`` (experts): fit the stacking of the mean (True), or keep it as the
+    artifact has it (None: refitted where it has one)."""
+    cfg = model.train_config
+    if cfg is None:
+        raise CohereError(f"{model.id}: the artifact records no training recipe; retrain it")
+    missing = [m for m in model.sources if source_latents.get(m) is None]
+    if missing:
+        raise CohereError(f"{model.id}: give the {missing[0]} latents it was trained on")
+    x = _to_tensor(target_latents, f"{model.target} latents")
+    if isinstance(model, MultiConditionModel):
+        conds, mask = MultiConditionModel._conds_and_mask(source_latents, model.sources, len(x), model.id)
+        if stacking:
+            raise CohereError(f"{model.id}: multi-condition models have no stacking")
+        conds, mask, stack = [c.numpy() for c in conds], mask.numpy(), False
+    else:
+        conds = [_to_tensor(source_latents[model.source], f"{model.source} latents", rows=len(x)).numpy()]
+        mask, stack = None, model.stack is not None if stacking is None else bool(stacking)
+    from .diffusion.train import cpu_threads
+
+    with cpu_threads(cfg):
+        profile, spread, report, stacking = _DiffusionModel._finish(model.model, x.numpy(), conds, mask, cfg,
+                                                                    model.schedule, model.mean, stack)
+    if model.noise_error is None or not torch.allclose(profile, model.noise_error, rtol=1e-4, atol=1e-6):
+        raise CohereError(f"{model.id}: the held-out rows of these latents do not reproduce the recorded noise-error "
+                          "profile; give the latents it was trained on, or retrain it")
+    changes = dict(spread=spread, sampler_steps=SAMPLER_STEPS, metrics={**model.metrics, "held_out": report})
+    if stack:
+        changes |= dict(stack=stacking, stack_alpha=report["stack_alpha"])
+    return _fitted_after(model, {"stacking": True} if stack else {}, **changes)
 
 
 def residuals_digest(residuals) -> str:

@@ -27,7 +27,7 @@ from .artifacts import read_config
 from .cohort import Cohort
 from .encoders import Encoder, latent_columns, load_encoder
 from .errors import CohereError
-from .experts import Expert, MultiConditionModel, list_models, load_model
+from .experts import SAMPLER_STEPS, Expert, MultiConditionModel, list_models, load_model
 from .modalities import Imputation, registry
 from .modalities.base import DEFAULT_MIN_COVERAGE
 from .sampling import CONSENSUS, METHODS, VARIANCES, Generation, generate, recenter
@@ -41,7 +41,9 @@ DEFAULT_VARIANCE = "analytic"
 PAPER_MODE = {"sampler": "ddpm", "weighting": "softmax", "consensus": "average", "variance": "fixed", "clip": False,
               "stacking": False, "residual": False}
 DEFAULT_SAMPLER = "ddim"
-DEFAULT_STEPS = 20
+# the reverse steps of models trained by this version; by default (steps=None) every generation
+# runs at the step count its models' spread was calibrated at (older artifacts: 20)
+DEFAULT_STEPS = SAMPLER_STEPS
 DEFAULT_ETA = 1.0
 
 
@@ -462,7 +464,7 @@ def prepare_generation(
     method: str = "coherent",
     patients: list[str] | None = None,
     sampler: str = DEFAULT_SAMPLER,
-    steps: int | None = DEFAULT_STEPS,
+    steps: int | None = None,
     eta: float = DEFAULT_ETA,
     weighting: str = DEFAULT_WEIGHTING,
     weights: dict[str, float] | None = None,
@@ -547,7 +549,10 @@ def prepare_generation(
         members = [multi.to(device).member(conds, n=len(ids))]
         used, w, schedule, bounds, prior = [multi.id], [1.0], multi.schedule, multi.x0_bounds, []
         stack = shift = None  # the multi-condition model has neither
-    steps = None if sampler == "ddpm" else steps
+    if sampler == "ddpm":
+        steps = None
+    elif steps is None:  # the step count the models' spread was calibrated at
+        steps = max(m.sampler_steps for m in (models if method == "coherent" else [multi]))
     variance = variance if sampler == "ddim" else "fixed"
     options = dict(method=sampler, steps=steps, eta=eta, threshold=threshold, fraction=fraction, attempts=attempts,
                    x0_bounds=None if not clip else bounds, consensus=consensus, variance=variance)
@@ -573,7 +578,8 @@ def generate_missing(cohort: Cohort, target: str, have: list[str], source: Model
     streams larger requests to its output instead).
 
     Options (see :func:`prepare_generation`): ``sampler`` ("ddim", "dpmpp2m" or "ddpm", the
-    paper's T steps), ``steps``, ``eta``; ``clip`` clamps the x_0 estimate at every step to
+    paper's T steps), ``steps`` (default: the DDIM step count the models' spread was calibrated at,
+    ``DEFAULT_STEPS`` for models trained by this version), ``eta``; ``clip`` clamps the x_0 estimate at every step to
     the target's training range recorded in the models (without it about 1% of few-step
     trajectories run away). ``consensus`` (Coherent Denoising): "product" combines the experts
     as a product, eps_u + sum_i w_i (eps_i - eps_u) with every w_i = 1 unless ``weights`` are

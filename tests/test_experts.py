@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -346,8 +347,50 @@ def test_experts_record_their_stacking_and_older_artifacts_get_the_same_one(tmp_
         (tmp_path / "old" / "config.json").read_text())
     assert add_stacking(before, c, x).pack()[0] == fresh.pack()[0]
     with pytest.raises(CohereError, match=r"rnaseq->cna: the held-out rows of these latents do not reproduce the "
-                                          r"recorded scores .* give the latents it was trained on, or retrain it"):
+                                          r"recorded noise-error profile; give the latents it was trained on, or "
+                                          r"retrain it"):
         add_stacking(before, c[::-1].copy(), x[::-1].copy())
+
+
+def test_an_artifact_calibrated_for_another_step_count_is_recalibrated_to_what_training_gives(tmp_path, data):
+    from cohere.diffusion.train import cpu_threads
+    from cohere.experts import LEGACY_STEPS, SAMPLER_STEPS, recalibrate
+
+    c, x = data
+    with cpu_threads(TINY):
+        fresh = Expert.fit("rnaseq", "cna", c, x, DIGESTS, TINY)
+    assert fresh.sampler_steps == SAMPLER_STEPS
+    fresh.save(tmp_path / "new")
+    cfg = json.loads((tmp_path / "new" / "config.json").read_text())
+    assert cfg["sampling"]["steps"] == SAMPLER_STEPS and cfg["sampling"]["spread"] == fresh.spread
+    assert f"(DDIM, {SAMPLER_STEPS} steps, analytic variance" in (tmp_path / "new" / "README.md").read_text()
+    # the same network as an artifact of an earlier version, calibrated at 20 steps (another spread, alpha)
+    old = copy.copy(fresh)
+    old.sampler_steps, old.spread, old.stack_alpha = LEGACY_STEPS, 4.0, 1.0
+    old.save(tmp_path / "old")
+    before = Expert.load(tmp_path / "old")
+    assert before.sampler_steps == LEGACY_STEPS and before.spread == 4.0
+    after = recalibrate(before, x, {"rnaseq": c})
+    assert after.sampler_steps == SAMPLER_STEPS and after.spread == fresh.spread
+    assert after.pack()[0] == fresh.pack()[0]
+    with pytest.raises(CohereError, match=r"rnaseq->cna: give the rnaseq latents it was trained on"):
+        recalibrate(before, x, {})
+    # a config without a step count is from before it was recorded (20 steps); a bad one is refused
+    for value in (None, 0, "12", True, 5000):
+        cfg = before._config()
+        if value is None:
+            del cfg["sampling"]["steps"]
+        else:
+            cfg["sampling"]["steps"] = value
+        edited = copy.copy(before)
+        edited._config = lambda cfg=cfg: cfg  # what an earlier version, or a hand edit, wrote
+        edited.save(tmp_path / f"edited-{value}")
+        if value is None:
+            assert Expert.load(tmp_path / f"edited-{value}").sampler_steps == LEGACY_STEPS
+        else:
+            with pytest.raises(CohereError, match=r"unsupported sampling.steps .*; cohere models record the DDIM step "
+                                                  r"count their spread was calibrated at \(an int in 1..1000\)"):
+                Expert.load(tmp_path / f"edited-{value}")
 
 
 def test_the_residual_head_is_fitted_recorded_and_added_to_older_artifacts(tmp_path, data):

@@ -12,7 +12,8 @@ from cohere.diffusion.train import TrainConfig
 from cohere.encoders import make_encoder
 from cohere.errors import CohereError
 from cohere.experts import Expert, MultiConditionModel, model_dir
-from cohere.generation import ModelSource, consensus_weights, generate_missing
+from cohere import generation
+from cohere.generation import ModelSource, consensus_weights, generate_missing, prepare_generation
 from cohere.plugins import get_modality
 from cohere.training import feature_residuals
 from clihelp import run
@@ -362,3 +363,29 @@ def test_the_product_takes_eps_u_from_the_expert_trained_on_the_most_rows(world)
     # one expert, or the paper's average, runs no unconditional branch
     assert expert_consensus(experts[:1], conds).prior == []
     assert expert_consensus(experts, conds, consensus="average").prior == []
+
+
+def test_generation_runs_at_the_step_count_the_models_were_calibrated_at(world):
+    import copy
+
+    from cohere.experts import SAMPLER_STEPS
+
+    small, _, models, _ = world
+    source = ModelSource.folder(models)
+    job = prepare_generation(small, "rppa", ["cna", "rnaseq"], source)
+    assert job.settings["steps"] == job.options["steps"] == SAMPLER_STEPS == generation.DEFAULT_STEPS
+    assert prepare_generation(small, "rppa", ["cna"], source, steps=7).options["steps"] == 7
+    assert prepare_generation(small, "rppa", ["cna"], source, sampler="ddpm").options["steps"] is None
+    # an expert calibrated by an earlier version at 20 steps: a pair with it runs at 20
+    load = source.model
+
+    def older(model_id, encoders):
+        model = load(model_id, encoders)
+        if model_id == "cna->rppa":
+            model = copy.copy(model)
+            model.sampler_steps = 20
+        return model
+
+    source.model = older
+    assert prepare_generation(small, "rppa", ["cna", "rnaseq"], source).options["steps"] == 20
+    assert prepare_generation(small, "rppa", ["rnaseq"], source).options["steps"] == SAMPLER_STEPS

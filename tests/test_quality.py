@@ -13,7 +13,7 @@ import torch
 
 from cohere.diffusion.train import TrainConfig
 from cohere.evaluation import metrics as M
-from cohere.experts import Expert
+from cohere.experts import SAMPLER_STEPS, Expert
 from cohere.generation import expert_consensus
 from cohere.sampling import generate, recenter
 from cohere.simulate import simulate_gaussian_sources
@@ -35,7 +35,7 @@ def world():
 def draws(world, names, consensus="product", stacking=True):
     data, experts, test = world
     c = expert_consensus([experts[s] for s in names], {s: torch.from_numpy(test[s]) for s in names}, consensus)
-    g = generate(c.members, c.schedule, N_TEST, draws=K, method="ddim", steps=20, eta=1.0, seed=0,
+    g = generate(c.members, c.schedule, N_TEST, draws=K, method="ddim", steps=SAMPLER_STEPS, eta=1.0, seed=0,
                  x0_bounds=c.bounds, consensus=consensus, prior=c.prior, variance="analytic")
     x = g.draws if c.stack is None or not stacking else recenter(g.draws, *c.stack)  # as generation does
     return x.numpy(), dict(zip(c.models, c.weights))

@@ -1,0 +1,99 @@
+"""Bring models trained by an earlier cohere up to this version, in place, without retraining
+their networks.
+
+    python scripts/upgrade_models.py --models MODELS [--cohort DIR] [--seed 0]
+
+Every model in MODELS/experts is rebuilt from the same code as training, on latents rebuilt as
+``cohere experts train`` builds them (the encoders in MODELS, the cohort's training split for
+``--seed``):
+- a model calibrated for another sampler step count than this version's default
+  (``cohere.experts.SAMPLER_STEPS``) is recalibrated (:func:`cohere.experts.recalibrate`): its
+  spread, held-out report and stacking weight are chosen anew on the held-out rows its recipe
+  carves out, which must reproduce its recorded noise-error profile (else it is left as it is
+  and the command fails);
+- an expert without mean stacking gets it (:func:`cohere.experts.add_stacking`, which
+  recalibrates too);
+- an expert without a residual head gets one (:func:`cohere.experts.add_head`): ridge from the
+  condition latents to the target's :func:`cohere.training.feature_residuals` on all its
+  training rows.
+A model retrained with the current ``cohere experts train`` gets the same artifact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tcga-pancan"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", type=Path, required=True)
+    ap.add_argument("--cohort", type=Path, default=Path(os.environ.get("COHERE_SHARED_COHORT", SHARED)))
+    ap.add_argument("--seed", type=int, default=0, help="the seed of the training split (experts train --seed)")
+    args = ap.parse_args()
+
+    from cohere.cohort import Cohort
+    from cohere.diffusion.train import TrainConfig
+    from cohere.encoders import load_encoder
+    from cohere.errors import CohereError
+    from cohere.experts import (SAMPLER_STEPS, Expert, MultiConditionModel, add_head, add_stacking, list_models,
+                                load_model, recalibrate)
+    from cohere.training import make_jobs
+
+    def stale(model) -> bool:
+        return model.sampler_steps != SAMPLER_STEPS or (isinstance(model, Expert) and
+                                                          (model.stack is None or model.head is None))
+
+    todo = [(folder, model) for folder, model in ((f, load_model(f)) for f in list_models(args.models))
+            if isinstance(model, (Expert, MultiConditionModel)) and stale(model)]
+    if not todo:
+        print(f"{args.models}: every model is up to date ({SAMPLER_STEPS} sampler steps, stacking, residual heads)")
+        return 0
+    cohort = Cohort.read(args.cohort)
+    train_ids = cohort.ids_in("train", args.seed)
+    needed = sorted({m for _, model in todo for m in (*model.sources, model.target)})
+    encoders = {m: load_encoder(args.models / "encoders" / m) for m in needed}
+    latents = {m: encoders[m].encode_cohort(cohort, cohort.tables[m].index.intersection(train_ids)) for m in needed}
+    # the jobs `cohere experts train` makes: the same rows, in the same order, and the same residuals
+    # (their recipe is not used: each model's own is)
+    pairs = [("multi" if isinstance(model, MultiConditionModel) else model.source, model.target) for _, model in todo]
+    jobs = make_jobs(pairs, latents, encoders, TrainConfig(), tables=cohort.tables)
+
+    failed = 0
+    for (folder, model), job in zip(todo, jobs):
+        x, sources = job.latents[model.target], {m: job.latents[m] for m in model.sources}
+        old = (model.sampler_steps, model.spread, model.stack_alpha)
+        try:
+            model.check_encoders(encoders)
+            if isinstance(model, Expert) and model.stack is None:
+                fitted = add_stacking(model, sources[model.source], x)
+            elif model.sampler_steps != SAMPLER_STEPS:
+                fitted = recalibrate(model, x, sources)
+            else:
+                fitted = model
+            if isinstance(fitted, Expert) and fitted.head is None:
+                fitted = add_head(fitted, sources[model.source], job.residuals)
+        except CohereError as e:
+            print(f"{model.id}: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        fitted.save(folder)
+        h = fitted.metrics["held_out"]
+        line = (f"{model.id}: {old[0]} -> {fitted.sampler_steps} steps, spread {old[1]:g} -> {fitted.spread:g}; "
+                f"held-out cov50 {h['coverage50']} (calibrated {h['coverage50_calibrated']}), "
+                f"cov90 {h['coverage90']} ({h['coverage90_calibrated']}), energy {h['energy']}")
+        if isinstance(fitted, Expert):
+            line += (f"; alpha {old[2]:.1f} -> {fitted.stack_alpha:.1f}, stacked r2_mean {h['stacked_r2_mean']} "
+                     f"(ridge {h['ridge_r2']}), stacked energy {h['stacked_energy']} "
+                     f"(ridge+resboot {h['ridge_resboot_energy']}); residual head over "
+                     f"{fitted.head.weight.shape[0]} features")
+        print(f"{line}; {fitted.digest[:12]}", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
