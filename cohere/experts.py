@@ -253,8 +253,8 @@ def held_out_report(model: Denoiser, schedule: NoiseSchedule, val, train, bounds
                     stack: RidgeMean | None = None) -> dict:
     """What a user can judge a model by, on its held-out rows ``val`` = (x0, conds, mask)
     with every condition present: ``draws`` generations per row with the default sampler
-    (DDIM, ``SAMPLER_STEPS`` steps, analytic variance) scored by the R^2 of their mean, the energy score and
-    the coverage of the central 90% interval, beside ridge regression fitted on the training
+    (DDIM, ``SAMPLER_STEPS`` steps, analytic variance) scored by the R^2 of their mean, the
+    energy score and the coverage of the central 90% interval, beside ridge regression fitted on the training
     rows ``train`` = (x0, conds) (the R^2 of its prediction, and the energy score of ridge plus
     a bootstrapped training residual) and beside the model's own unconditional branch (how
     much the condition is worth), when it has one. With ``stack`` (the ridge mean of the
@@ -415,7 +415,8 @@ class _DiffusionModel:
             "training": {**({"recipe": self.train_config.to_dict()} if self.train_config else {}), **self.training},
             "metrics": self.metrics,
             "n_train": self.n_train,
-            "sampling": {"method": "ddim", "steps": self.sampler_steps, "eta": 1.0, "variance": "analytic", "spread": self.spread,
+            "sampling": {"method": "ddim", "steps": self.sampler_steps, "eta": 1.0, "variance": "analytic",
+                         "spread": self.spread,
                          "x0_clamp": "per-dimension training range of the target (tensors x0_bounds.low/high)"},
             "mean": "none" if self.mean is None else "ridge",
             "unconditional": self.unconditional,
@@ -513,8 +514,7 @@ class _DiffusionModel:
         _DiffusionModel.__init__(obj, sources, target, model, schedule, recorded,
                                  TrainConfig.from_dict(recipe) if recipe else None, cfg.get("metrics", {}), training,
                                  bounds, mean, noise_error, float(sampling.get("spread", 1.0)),
-                                 stack, 1.0 if alpha is None else float(alpha), head,
-                                 steps)
+                                 stack, 1.0 if alpha is None else float(alpha), head, steps)
         obj._unconditional = bool(cfg.get("unconditional", False))
         if obj.id != cfg.get("id"):
             raise CohereError(f"{folder}: config id {cfg.get('id')!r} does not match its sources and target ({obj.id!r})")
@@ -599,9 +599,9 @@ class _DiffusionModel:
 
         Defaults: DDIM with eta = 1 (stochastic, like DDPM's ancestral sampling) and the
         ``sampler_steps`` its spread was calibrated at; ``method="ddpm"`` runs the paper's
-        full T-step sampler. ``n``: rows to
-        generate when no condition is given (multi model, unconditional). ``clip``: clamp the
-        x_0 estimate at every step to the training range of the target (``x0_bounds``).
+        full T-step sampler. ``n``: rows to generate when no condition is given (multi model,
+        unconditional). ``clip``: clamp the x_0 estimate at every step to the training range
+        of the target (``x0_bounds``).
         These are the network's own draws: the stacking of their mean with ridge's
         (``stack_alpha``) is applied by :mod:`cohere.generation`, over all draws of a patient.
         """
@@ -837,14 +837,14 @@ def recalibrate(model: "_DiffusionModel", target_latents, source_latents: Mappin
     from .diffusion.train import cpu_threads
 
     with cpu_threads(cfg):
-        profile, spread, report, stacking = _DiffusionModel._finish(model.model, x.numpy(), conds, mask, cfg,
-                                                                    model.schedule, model.mean, stack)
+        profile, spread, report, fitted = _DiffusionModel._finish(model.model, x.numpy(), conds, mask, cfg,
+                                                                  model.schedule, model.mean, stack)
     if model.noise_error is None or not torch.allclose(profile, model.noise_error, rtol=1e-4, atol=1e-6):
         raise CohereError(f"{model.id}: the held-out rows of these latents do not reproduce the recorded noise-error "
                           "profile; give the latents it was trained on, or retrain it")
     changes = dict(spread=spread, sampler_steps=SAMPLER_STEPS, metrics={**model.metrics, "held_out": report})
     if stack:
-        changes |= dict(stack=stacking, stack_alpha=report["stack_alpha"])
+        changes |= dict(stack=fitted, stack_alpha=report["stack_alpha"])
     return _fitted_after(model, {"stacking": True} if stack else {}, **changes)
 
 

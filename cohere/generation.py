@@ -578,10 +578,10 @@ def generate_missing(cohort: Cohort, target: str, have: list[str], source: Model
     streams larger requests to its output instead).
 
     Options (see :func:`prepare_generation`): ``sampler`` ("ddim", "dpmpp2m" or "ddpm", the
-    paper's T steps), ``steps`` (default: the DDIM step count the models' spread was calibrated at,
-    ``DEFAULT_STEPS`` for models trained by this version), ``eta``; ``clip`` clamps the x_0 estimate at every step to
-    the target's training range recorded in the models (without it about 1% of few-step
-    trajectories run away). ``consensus`` (Coherent Denoising): "product" combines the experts
+    paper's T steps), ``steps`` (default: the DDIM step count the models' spread was
+    calibrated at, ``DEFAULT_STEPS`` for models trained by this version), ``eta``; ``clip``
+    clamps the x_0 estimate at every step to the target's training range recorded in the
+    models (without it about 1% of few-step trajectories run away). ``consensus`` (Coherent Denoising): "product" combines the experts
     as a product, eps_u + sum_i w_i (eps_i - eps_u) with every w_i = 1 unless ``weights`` are
     given (eps_u the unconditional prediction of the expert trained on the most rows);
     "average" is the paper's weighted average, with weights from ``weighting`` or ``weights``
