@@ -250,9 +250,10 @@ def expert_consensus(experts: list[Expert], conds: dict, consensus: str = DEFAUL
     of the expert trained on the most rows), (``stacking``) the :func:`stacked_mean` and
     (``residual``) the :func:`residual_shift`."""
     w = product_weights(experts, weights) if consensus == "product" else consensus_weights(experts, weighting, weights)
-    keep = [(e, wi) for e, wi in zip(experts, w) if wi > 0]   # a zero weight has no effect
-    kept, kept_w = [e for e, _ in keep], [wi for _, wi in keep]
-    members = [e.to(device).member({e.source: torch.as_tensor(conds[e.source])}, weight=wi) for e, wi in keep]
+    kept = [e for e, wi in zip(experts, w) if wi > 0]   # a zero weight has no effect
+    kept_w = [wi for wi in w if wi > 0]
+    members = [e.to(device).member({e.source: torch.as_tensor(conds[e.source])}, weight=wi)
+               for e, wi in zip(kept, kept_w)]
     n = len(members[0].conds[0])
     # eps_u (unused by "average"): the unconditional prediction of one expert, the one trained on the most
     # target rows. Every expert's unconditional branch models the same p(x); averaging all of them cost one
@@ -581,13 +582,14 @@ def generate_missing(cohort: Cohort, target: str, have: list[str], source: Model
     paper's T steps), ``steps`` (default: the DDIM step count the models' spread was
     calibrated at, ``DEFAULT_STEPS`` for models trained by this version), ``eta``; ``clip``
     clamps the x_0 estimate at every step to the target's training range recorded in the
-    models (without it about 1% of few-step trajectories run away). ``consensus`` (Coherent Denoising): "product" combines the experts
-    as a product, eps_u + sum_i w_i (eps_i - eps_u) with every w_i = 1 unless ``weights`` are
-    given (eps_u the unconditional prediction of the expert trained on the most rows);
-    "average" is the paper's weighted average, with weights from ``weighting`` or ``weights``
-    normalised to sum to one (see :mod:`cohere.sampling`). ``variance`` (the DDIM sampler): "analytic", the optimal reverse
-    variance from the models' recorded noise-prediction errors, or "fixed", DDIM's own (too
-    narrow at few steps). ``threshold``, ``fraction``, ``attempts``: coherence rejection.
+    models (without it about 1% of few-step trajectories run away). ``consensus`` (Coherent
+    Denoising): "product" combines the experts as a product, eps_u + sum_i w_i (eps_i - eps_u)
+    with every w_i = 1 unless ``weights`` are given (eps_u the unconditional prediction of the
+    expert trained on the most rows); "average" is the paper's weighted average, with weights
+    from ``weighting`` or ``weights`` normalised to sum to one (see :mod:`cohere.sampling`).
+    ``variance`` (the DDIM sampler): "analytic", the optimal reverse variance from the models'
+    recorded noise-prediction errors, or "fixed", DDIM's own (too narrow at few steps).
+    ``threshold``, ``fraction``, ``attempts``: coherence rejection.
     ``min_coverage``: a condition table must have at least this share of its encoder's
     features (the rest are imputed from them; see :class:`cohere.modalities.Preprocessor`).
     ``stacking`` (Coherent Denoising, two draws or more): move the mean of each patient's draws
