@@ -1,6 +1,8 @@
 """Where the jobs of :mod:`cohere.training` run.
 
 - :class:`SerialExecutor` (the default): here, one model after another; nothing imports Ray.
+- :class:`LocalExecutor`: in worker processes on this machine, one model each at a time,
+  longest first (:func:`~cohere.training.longest_first`): the cores of a laptop without Ray.
 - :class:`RayExecutor`: on Ray (the optional extra ``pip install 'cohere[ray]'``). Without an
   address it starts a local Ray on this machine's cores and stops it afterwards; with one it
   joins that cluster. Models train as Ray tasks of ``cpus_per_model`` CPUs each; a model with
@@ -8,7 +10,7 @@
   one after another, their trials side by side), each trial stopping early on the project's
   own checkpoint-selection score (``train_denoiser``'s patience rule).
 
-Both give the same artifacts, byte for byte: a job's weights depend on the job only (see
+All give the same artifacts, byte for byte: a job's weights depend on the job only (see
 :mod:`cohere.training`), a search keeps the first best configuration in the grid's order
 whatever order the trials finish in, and the worker's cohere, torch and numpy versions must
 equal this process's. An executor's ``run(jobs, report)`` yields ``(index, Trained)`` or
@@ -17,13 +19,14 @@ equal this process's. An executor's ``run(jobs, report)`` yields ``(index, Train
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from .errors import CohereError
-from .training import Job, Trained, run_job
+from .training import Job, Trained, longest_first, run_job
 
 RAY_EXTRA = "pip install 'cohere[ray]'"
 
@@ -55,6 +58,88 @@ class SerialExecutor:
                 yield i, str(e)
                 continue
             yield i, result
+
+
+class LocalExecutor:
+    """Train in worker processes on this machine, ``workers`` at a time (default: its cores
+    divided by the recipe's threads per model), one process per model. The processes are
+    spawned, not forked, so a worker holds nothing of this process but its job; each sets
+    torch's threads to its job's recipe, as the serial executor does, and gives the same
+    bytes. Jobs start longest first (:func:`~cohere.training.longest_first`) so that the last
+    model to finish is a short one. A model with a random search trains its configurations one
+    after another in its worker. Progress comes back at every evaluation. A worker that dies
+    (killed, out of memory) fails its own model only, in one line."""
+
+    name = "local"
+
+    def __init__(self, workers: int | None = None):
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+            raise CohereError(f"--workers must be an int >= 1, got {workers!r}")
+        self.workers = workers
+
+    def run(self, jobs: Sequence[Job], report: Callable[[int, float], None]) -> Iterator[tuple[int, Trained | str]]:
+        import multiprocessing
+        import os
+        import queue as queues
+
+        threads = max([1] + [j.config.threads for j in jobs])
+        workers = self.workers or max(1, (os.cpu_count() or 1) // threads)
+        ctx = multiprocessing.get_context("spawn")
+        messages = ctx.Queue()  # (index, "progress", fraction) or (index, "done", Trained | reason)
+        todo, running, done = longest_first(jobs), {}, {}
+        try:
+            while todo or running:
+                while todo and len(running) < workers:
+                    i = todo.pop(0)
+                    proc = ctx.Process(target=_local_job, args=(i, jobs[i], messages), daemon=True,
+                                       name=f"cohere-{jobs[i].id}")
+                    proc.start()
+                    running[i] = proc
+                try:
+                    while True:
+                        i, kind, value = messages.get(timeout=0.5)
+                        if kind == "progress":
+                            report(i, value)
+                        else:
+                            done[i] = value
+                except queues.Empty:
+                    pass
+                for i in [i for i in done if i in running]:
+                    running.pop(i).join()
+                    yield i, done[i]
+                for i, proc in list(running.items()):
+                    if proc.is_alive():
+                        continue
+                    with contextlib.suppress(queues.Empty):  # what it sent before exiting is in the pipe
+                        while i not in done:
+                            j, kind, value = messages.get(timeout=1.0)
+                            if kind == "done":
+                                done[j] = value
+                    if i not in done:
+                        running.pop(i)
+                        done[i] = (f"its worker process died (exit code {proc.exitcode}: killed, or out of memory) "
+                                   "before the model was saved; re-run the same command to train what is missing")
+                        yield i, done[i]
+        finally:
+            for proc in running.values():
+                proc.terminate()
+                proc.join()
+            messages.close()
+            messages.join_thread()
+
+
+def _local_job(i: int, job: Job, messages) -> None:
+    """One job in a LocalExecutor worker: sends its Trained, or the training's own error (one line)."""
+    try:
+        result = run_job(job, _Fraction(job, lambda f: messages.put((i, "progress", f))))
+    except CohereError as e:
+        result = str(e)
+    except Exception as e:  # noqa: BLE001 (a bug in training fails this model only; its type and first line)
+        text = str(e).strip().splitlines()
+        result = f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
+    messages.put((i, "done", result))
+    messages.close()
+    messages.join_thread()  # the result is in the pipe before the process exits
 
 
 def require_ray():
@@ -108,7 +193,7 @@ class RayExecutor:
             # max_retries: a worker lost (killed, out of memory, its node gone) is retried once;
             # an error raised by the training itself is not (it would fail again)
             task = ray.remote(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=1)(run_job)
-            pending = {task.remote(jobs[i]): i for i in plain}
+            pending = {task.remote(jobs[plain[k]]): plain[k] for k in longest_first([jobs[i] for i in plain])}
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 i = pending.pop(ready[0])

@@ -7,7 +7,7 @@ in any artifact), so the same cohort and cohere version give the same files:
    cohort's ``train`` split, exactly as a user would train them::
 
        cohere encoders train --cohort C --models WORK -m cna -m rnaseq -m rppa --seed 0
-       cohere experts train ID --cohort C --models WORK --seed 0      (one per model, --jobs at a time)
+       cohere experts train ID... --cohort C --models WORK --seed 0 --executor local --workers JOBS
 
    An artifact already in WORK is kept (a re-run trains only what is missing).
 2. ``package``: copy every artifact into the package, add to each model card the validation
@@ -63,9 +63,10 @@ def _wait(procs: list[tuple[str, subprocess.Popen]]) -> None:
 
 
 def train(cohort: Path, work: Path, jobs: int) -> None:
-    """Stage 1: the encoders, then one ``experts train`` process per model, ``jobs`` at a
-    time (a queue: training lengths differ with early stopping, so fixed shards leave a core
-    idle). Each model's training depends only on its seed and the encoders."""
+    """Stage 1: the encoders, then one ``experts train`` process that trains the models in
+    ``jobs`` worker processes, longest first (training lengths differ with early stopping, so
+    fixed shards would leave a core idle). Each model's training depends only on its seed and
+    the encoders, not on the executor."""
     logs = work / "logs"
     t0 = time.perf_counter()
     todo = [m for m in MODALITIES if not (work / "encoders" / m / "model.safetensors").is_file()]
@@ -76,17 +77,10 @@ def train(cohort: Path, work: Path, jobs: int) -> None:
         _wait([("encoders train", _cli(*args, log=logs / "encoders.log"))])
     print(f"encoders: {', '.join(todo) or 'all present'} ({time.perf_counter() - t0:.0f} s)", flush=True)
     queue = [i for i in model_ids() if not (work / "experts" / folder_of(i) / "model.safetensors").is_file()]
-    pending, running = list(queue), []
-    while pending or running:
-        while pending and len(running) < jobs:
-            model_id = pending.pop(0)
-            running.append((model_id, _cli("experts", "train", model_id, "--cohort", str(cohort), "--models",
-                                            str(work), "--seed", str(SEED), log=logs / f"{folder_of(model_id)}.log")))
-        time.sleep(2)
-        for name, p in [r for r in running if r[1].poll() is not None]:
-            _wait([(name, p)])
-            running.remove((name, p))
-            print(f"{name}: trained ({time.perf_counter() - t0:.0f} s)", flush=True)
+    if queue:  # one process: the cohort is read and encoded once; the models train in JOBS workers
+        _wait([("experts train", _cli("experts", "train", *queue, "--cohort", str(cohort), "--models", str(work),
+                                      "--seed", str(SEED), "--executor", "local", "--workers", str(jobs),
+                                      log=logs / "experts.log"))])
     print(f"experts: {len(queue)} trained, {jobs} at a time ({time.perf_counter() - t0:.0f} s in all)", flush=True)
 
 

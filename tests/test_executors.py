@@ -1,6 +1,6 @@
-"""Training on an executor: serial and Ray give the same artifacts, byte for byte; each
-artifact is written whole as its model finishes; failures keep the others; re-runs train only
-what is missing; without Ray, --executor ray is refused in one line."""
+"""Training on an executor: serial, local worker processes and Ray give the same artifacts,
+byte for byte; each artifact is written whole as its model finishes; failures keep the others;
+re-runs train only what is missing; without Ray, --executor ray is refused in one line."""
 
 import os
 import shutil
@@ -12,8 +12,8 @@ from clihelp import run
 
 from cohere.diffusion.train import GRID, TrainConfig
 from cohere.encoders import load_encoder
-from cohere.executors import RayExecutor, SerialExecutor
-from cohere.training import Job, make_jobs, plan, train_jobs
+from cohere.executors import LocalExecutor, RayExecutor, SerialExecutor
+from cohere.training import Job, longest_first, make_jobs, plan, train_jobs
 
 TINY = ["--steps", "40", "--batch-size", "64", "--hidden", "32", "--layers", "1"]
 
@@ -48,16 +48,28 @@ def train(capsys, cohort, folder, *args):
     return run(["experts", "train", *args, "--cohort", str(cohort), "--models", str(folder), *TINY], capsys)
 
 
+IDS = ["rnaseq->cna", "multi->cna"]
+_SERIAL: dict[str, dict[str, bytes]] = {}
+
+
+def serial_files(tiny, models, capsys) -> dict[str, bytes]:
+    """The files of IDS trained by the serial executor (trained once for this file's tests)."""
+    if "files" not in _SERIAL:
+        root, _ = tiny
+        folder = models("serial")
+        code, out, err = train(capsys, root / "cohort", folder, *IDS)
+        assert code == 0, err
+        _SERIAL["files"] = files(folder)
+    return _SERIAL["files"]
+
+
 def test_ray_tasks_give_the_serial_artifacts_byte_for_byte(tiny, models, ray_local, capsys):
     root, _ = tiny
-    ids = ["rnaseq->cna", "multi->cna"]
-    serial, on_ray = models("serial"), models("ray")
-    code, out, err = train(capsys, root / "cohort", serial, *ids)
-    assert code == 0, err
-    code, out, err = train(capsys, root / "cohort", on_ray, *ids, "--executor", "ray")
+    a, on_ray = serial_files(tiny, models, capsys), models("ray")
+    code, out, err = train(capsys, root / "cohort", on_ray, *IDS, "--executor", "ray")
     assert code == 0, err
     assert "trained 2 model(s)" in out and "on ray" in out
-    a, b = files(serial), files(on_ray)
+    b = files(on_ray)
     assert sorted(a) == sorted(b) and len(a) == 6  # 2 artifacts x (weights, config, card)
     assert a == b
 
@@ -128,6 +140,40 @@ def test_failed_and_killed_ray_workers_leave_nothing_and_the_others_are_kept(tin
     assert sorted(p.name for p in (tmp_path / "experts").iterdir()) == ["rnaseq_to_cna"]
 
 
+def test_local_workers_give_the_serial_artifacts_byte_for_byte(tiny, models, capsys, monkeypatch):
+    root, _ = tiny
+    monkeypatch.setitem(sys.modules, "ray", None)  # the local executor needs no Ray
+    a, local = serial_files(tiny, models, capsys), models("local")
+    code, out, err = train(capsys, root / "cohort", local, *IDS, "--executor", "local", "--workers", "2")
+    assert code == 0, err
+    assert "trained 2 model(s)" in out and "on local" in out
+    assert files(local) == a and len(a) == 6
+
+
+def test_local_workers_start_the_longest_jobs_first(tiny):
+    jobs = tiny_jobs(tiny, ["rnaseq->cna", "cna->rppa", "multi->rnaseq", "multi->cna"])
+    rows = {j.id: len(j.latents[j.target]) for j in jobs}
+    assert rows["multi->cna"] > rows["multi->rnaseq"] and rows["cna->rppa"] > rows["rnaseq->cna"]
+    assert [jobs[i].id for i in longest_first(jobs)] == ["multi->cna", "multi->rnaseq", "cna->rppa", "rnaseq->cna"]
+    searched = Job(jobs[0].source, jobs[0].target, jobs[0].latents, jobs[0].encoders, jobs[0].config, search=3)
+    assert longest_first([*jobs, searched])[0] == 4  # a search trains several configurations: first
+
+
+def test_failed_and_killed_local_workers_leave_nothing_and_the_others_are_kept(tiny, tmp_path):
+    good, other, third = tiny_jobs(tiny, ["rnaseq->cna", "cna->rnaseq", "cna->rppa"])
+    killed = _Killed(other.source, other.target, other.latents, other.encoders, other.config)
+    lines = []
+    outcome = train_jobs([killed, good, broken(third)], tmp_path, LocalExecutor(workers=2), log=lines.append)
+    assert list(outcome.saved) == ["rnaseq->cna"] and sorted(outcome.failed) == ["cna->rnaseq", "cna->rppa"]
+    assert "expected latents of shape" in outcome.failed["cna->rppa"]  # the training's own error, one line
+    assert outcome.failed["cna->rnaseq"] == ("its worker process died (exit code 9: killed, or out of memory) before "
+                                             "the model was saved; re-run the same command to train what is missing")
+    assert sorted(p.name for p in (tmp_path / "experts").iterdir()) == ["rnaseq_to_cna"]
+    assert any(line.startswith("rnaseq->cna: trained") for line in lines)
+    with pytest.raises(Exception, match="--workers must be an int >= 1, got 0"):
+        LocalExecutor(workers=0)
+
+
 def test_a_rerun_trains_only_what_is_missing_or_differs(tiny, models, capsys, monkeypatch):
     root, _ = tiny
     monkeypatch.setitem(sys.modules, "ray", None)  # and the serial path never imports Ray
@@ -162,6 +208,10 @@ def test_executor_options_are_checked(tiny, models, capsys):
     root, _ = tiny
     folder = models("m")
     code, _, err = train(capsys, root / "cohort", folder, "rnaseq->cna", "--executor", "dask")
-    assert code != 0 and "--executor 'dask': expected one of serial, ray" in err
+    assert code != 0 and "--executor 'dask': expected one of serial, local, ray" in err
     code, _, err = train(capsys, root / "cohort", folder, "rnaseq->cna", "--address", "auto")
     assert code != 0 and "--address is for --executor ray" in err
+    code, _, err = train(capsys, root / "cohort", folder, "rnaseq->cna", "--address", "auto", "--executor", "local")
+    assert code != 0 and "--address is for --executor ray" in err
+    code, _, err = train(capsys, root / "cohort", folder, "rnaseq->cna", "--workers", "2")
+    assert code != 0 and err.strip() == "error: --workers is for --executor local; add it or drop the option"

@@ -33,8 +33,11 @@ def train(
     layers: Optional[int] = typer.Option(None, help=f"Hidden layers (default {SHOWN_RECIPE['layers']})."),
     select: Optional[str] = typer.Option(None, help="Checkpoint criterion: energy (default) or mse (the paper's)."),
     search: int = typer.Option(0, min=0, help="Random search over the paper's grid: N configurations per model (0 = off)."),
-    executor: str = typer.Option("serial", help="Where models train: serial (here, one after another) or ray "
+    executor: str = typer.Option("serial", help="Where models train: serial (here, one after another), local "
+                                                "(--workers processes on this machine, longest first) or ray "
                                                 "(a local Ray on this machine's cores, or the cluster at --address)."),
+    workers: Optional[int] = typer.Option(None, min=1, help="--executor local: worker processes (default: this "
+                                                            "machine's cores / --cpus-per-model)."),
     address: Optional[str] = typer.Option(None, help="--executor ray: the Ray cluster to use ('auto', or "
                                                       "ray://HEAD:10001); default: start a local Ray."),
     cpus_per_model: int = typer.Option(1, min=1, help="CPU cores (torch threads) per model, or per search trial. "
@@ -52,20 +55,24 @@ def train(
 
     Examples:
       cohere experts train rnaseq->cna --cohort data/ --models models/
+      cohere experts train --all --cohort data/ --models models/ --executor local
       cohere experts train --all --cohort data/ --models models/ --executor ray
     """
     dev = check_device(device)
     check_paths(cohort=cohort, folders={"--models": models})
-    check_choice("--executor", executor, ("serial", "ray"))
-    if executor == "serial" and (address or ray_storage):
+    check_choice("--executor", executor, ("serial", "local", "ray"))
+    if executor != "ray" and (address or ray_storage):
         raise CohereError(f"{'--address' if address else '--ray-storage'} is for --executor ray; add it or drop the option")
+    if executor != "local" and workers is not None:
+        raise CohereError("--workers is for --executor local; add it or drop the option")
     from ..diffusion.train import TrainConfig
     from ..encoders import load_encoder
-    from ..executors import RayExecutor, SerialExecutor
+    from ..executors import LocalExecutor, RayExecutor, SerialExecutor
     from ..training import make_jobs, plan, train_jobs
 
-    runner = (RayExecutor(address, cpus_per_model, storage=ray_storage, gpus_per_model=1 if dev == "cuda" else 0)
-              if executor == "ray" else SerialExecutor())
+    runner = {"serial": SerialExecutor, "local": lambda: LocalExecutor(workers),
+              "ray": lambda: RayExecutor(address, cpus_per_model, storage=ray_storage,
+                                         gpus_per_model=1 if dev == "cuda" else 0)}[executor]()
     overrides = {k: v for k, v in dict(steps=steps, batch_size=batch_size, lr=lr, hidden=hidden, layers=layers,
                                        select=select).items() if v is not None}
     config = dataclasses.replace(TrainConfig(seed=seed, device=dev, threads=cpus_per_model), **overrides)
