@@ -656,12 +656,13 @@ class _DiffusionModel:
                                                               stack, (tr, va)))
 
     @staticmethod
-    def _finish(model, x0, conds, mask, config, schedule, ridge, stack: bool, split=None):
+    def _finish(model, x0, conds, mask, config, schedule, ridge, stack: bool, split=None, check_profile=None):
         """What follows the training of the network, on its held-out rows (``split`` = (train
         rows, held-out rows); by default the recipe's :func:`split_validation`): the
         noise-error profile, the calibrated spread, the stacking ridge (``stack``: fitted on the
         training rows) and the :func:`held_out_report` that also chooses its weight.
-        Returns (profile, spread, report, stacking RidgeMean or None)."""
+        ``check_profile(profile)`` runs on the profile before the rest (the slow part), and may
+        refuse. Returns (profile, spread, report, stacking RidgeMean or None)."""
         if split is None:
             presence = torch.ones(len(x0), len(conds)) if mask is None else torch.as_tensor(mask, dtype=torch.float32)
             split = split_validation(presence, config.val_fraction, config.seed)
@@ -671,6 +672,8 @@ class _DiffusionModel:
         tensor = (lambda a: torch.from_numpy(np.nan_to_num(np.ascontiguousarray(a, np.float32))))  # masked NaN -> 0
         val = (tensor(x0[va]), [tensor(c[va]) for c in conds], tensor(val_mask))
         profile = noise_error_profile(model, schedule, val, ridge, seed=config.seed)
+        if check_profile is not None:
+            check_profile(profile)
         spread = calibrate_spread(model, schedule, val, bounds, profile, ridge, seed=config.seed)
         full = tr if mask is None else tr[(mask[tr] > 0).all(1)]  # training rows with every condition
         stacking = StackMean.fit(conds[0][tr], x0[tr]) if stack else None
@@ -815,7 +818,7 @@ def recalibrate(model: "_DiffusionModel", target_latents, source_latents: Mappin
     {modality: (n, d)}, in the same order; for a multi-condition model NaN rows where a sample
     lacks the source). The network is not touched. The rows are proved the same by the
     noise-error profile, which does not depend on the sampler: recomputed on them it must
-    equal the recorded one. The spread, the held-out report and (experts that have it) the
+    equal the recorded one, checked before the calibration runs. The spread, the held-out report and (experts that have it) the
     stacking weight are chosen anew; the result is the artifact a training with this version
     gives. ``stacking`` (experts): fit the stacking of the mean (True), or keep it as the
     artifact has it (None: refitted where it has one)."""
@@ -836,12 +839,14 @@ def recalibrate(model: "_DiffusionModel", target_latents, source_latents: Mappin
         mask, stack = None, model.stack is not None if stacking is None else bool(stacking)
     from .diffusion.train import cpu_threads
 
+    def same_rows(profile) -> None:  # checked before the calibration, which takes minutes on a real cohort
+        if model.noise_error is None or not torch.allclose(profile, model.noise_error, rtol=1e-4, atol=1e-6):
+            raise CohereError(f"{model.id}: the held-out rows of these latents do not reproduce the recorded "
+                              "noise-error profile; give the latents it was trained on, or retrain it")
+
     with cpu_threads(cfg):
-        profile, spread, report, fitted = _DiffusionModel._finish(model.model, x.numpy(), conds, mask, cfg,
-                                                                  model.schedule, model.mean, stack)
-    if model.noise_error is None or not torch.allclose(profile, model.noise_error, rtol=1e-4, atol=1e-6):
-        raise CohereError(f"{model.id}: the held-out rows of these latents do not reproduce the recorded noise-error "
-                          "profile; give the latents it was trained on, or retrain it")
+        _, spread, report, fitted = _DiffusionModel._finish(model.model, x.numpy(), conds, mask, cfg, model.schedule,
+                                                            model.mean, stack, check_profile=same_rows)
     changes = dict(spread=spread, sampler_steps=SAMPLER_STEPS, metrics={**model.metrics, "held_out": report})
     if stack:
         changes |= dict(stack=fitted, stack_alpha=report["stack_alpha"])

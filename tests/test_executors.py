@@ -150,6 +150,21 @@ def test_local_workers_give_the_serial_artifacts_byte_for_byte(tiny, models, cap
     assert files(local) == a and len(a) == 6
 
 
+def test_python_m_cohere_spawns_local_workers_that_do_not_rerun_the_command(tiny, models, capsys):
+    """The workers are spawned: each re-imports the main module, here ``cohere.__main__``."""
+    import subprocess
+
+    root, _ = tiny
+    a, folder = serial_files(tiny, models, capsys), models("python-m")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run_ = subprocess.run([sys.executable, "-m", "cohere", "experts", "train", IDS[0], "--cohort", str(root / "cohort"),
+                           "--models", str(folder), *TINY, "--executor", "local", "--workers", "1"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert run_.returncode == 0, run_.stderr
+    assert run_.stdout.count("trained 1 model(s)") == 1 and "on local" in run_.stdout
+    assert files(folder) == {k: v for k, v in a.items() if k.startswith("experts/rnaseq_to_cna/")}
+
+
 def test_local_workers_start_the_longest_jobs_first(tiny):
     jobs = tiny_jobs(tiny, ["rnaseq->cna", "cna->rppa", "multi->rnaseq", "multi->cna"])
     rows = {j.id: len(j.latents[j.target]) for j in jobs}
