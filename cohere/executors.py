@@ -61,14 +61,15 @@ class SerialExecutor:
 
 
 class LocalExecutor:
-    """Train in worker processes on this machine, ``workers`` at a time (default: its cores
-    divided by the recipe's threads per model), one process per model. The processes are
-    spawned, not forked, so a worker holds nothing of this process but its job; each sets
-    torch's threads to its job's recipe, as the serial executor does, and gives the same
-    bytes. Jobs start longest first (:func:`~cohere.training.longest_first`) so that the last
-    model to finish is a short one. A model with a random search trains its configurations one
-    after another in its worker. Progress comes back at every evaluation. A worker that dies
-    (killed, out of memory) fails its own model only, in one line."""
+    """Train in worker processes on this machine, ``workers`` of them (default: its cores
+    divided by the recipe's threads per model), each training one model after another. The
+    processes are spawned, not forked, so a worker holds nothing of this process but the jobs
+    it is sent; each job sets torch's threads to its recipe, as the serial executor does, and
+    gives the same bytes. Jobs start longest first (:func:`~cohere.training.longest_first`) so
+    that the last model to finish is a short one. A model with a random search trains its
+    configurations one after another in its worker. Progress comes back at every evaluation. A
+    worker that dies (killed, out of memory) fails the model it was training, in one line, and
+    a new worker takes the models still waiting."""
 
     name = "local"
 
@@ -78,68 +79,104 @@ class LocalExecutor:
         self.workers = workers
 
     def run(self, jobs: Sequence[Job], report: Callable[[int, float], None]) -> Iterator[tuple[int, Trained | str]]:
+        import itertools
         import multiprocessing
         import os
         import queue as queues
 
         threads = max([1] + [j.config.threads for j in jobs])
-        workers = self.workers or max(1, (os.cpu_count() or 1) // threads)
+        n = min(len(jobs), self.workers or max(1, (os.cpu_count() or 1) // threads))
         ctx = multiprocessing.get_context("spawn")
-        messages = ctx.Queue()  # (index, "progress", fraction) or (index, "done", Trained | reason)
-        todo, running, done = longest_first(jobs), {}, {}
+        messages = ctx.Queue()  # (worker, job index, "progress", fraction) or (..., "done", Trained | reason)
+        todo, workers, busy, ids = longest_first(jobs), {}, {}, itertools.count()
+
+        def start() -> None:
+            wid, tasks = next(ids), ctx.Queue()
+            proc = ctx.Process(target=_local_worker, args=(wid, tasks, messages), daemon=True,
+                               name=f"cohere-worker-{wid}")
+            proc.start()
+            workers[wid] = (proc, tasks)
+
+        def read(timeout: float) -> list[tuple[int, Trained | str]]:
+            """What the workers sent, until ``timeout`` s pass without a message or a job ends."""
+            ended = []
+            with contextlib.suppress(queues.Empty):
+                while not ended:
+                    wid, i, kind, value = messages.get(timeout=timeout)
+                    if kind == "progress":
+                        report(i, value)
+                    elif busy.get(wid) == i:
+                        del busy[wid]
+                        ended.append((i, value))
+            return ended
+
         try:
-            while todo or running:
-                while todo and len(running) < workers:
-                    i = todo.pop(0)
-                    proc = ctx.Process(target=_local_job, args=(i, jobs[i], messages), daemon=True,
-                                       name=f"cohere-{jobs[i].id}")
-                    proc.start()
-                    running[i] = proc
-                try:
-                    while True:
-                        i, kind, value = messages.get(timeout=0.5)
-                        if kind == "progress":
-                            report(i, value)
-                        else:
-                            done[i] = value
-                except queues.Empty:
-                    pass
-                for i in [i for i in done if i in running]:
-                    running.pop(i).join()
-                    yield i, done[i]
-                for i, proc in list(running.items()):
+            for _ in range(n):
+                start()
+            while todo or busy:
+                for wid, (_, tasks) in workers.items():
+                    if wid not in busy and todo:
+                        busy[wid] = todo.pop(0)
+                        tasks.put((busy[wid], jobs[busy[wid]]))
+                yield from read(0.5)
+                for wid, (proc, tasks) in list(workers.items()):
                     if proc.is_alive():
                         continue
-                    with contextlib.suppress(queues.Empty):  # what it sent before exiting is in the pipe
-                        while i not in done:
-                            j, kind, value = messages.get(timeout=1.0)
-                            if kind == "done":
-                                done[j] = value
-                    if i not in done:
-                        running.pop(i)
-                        done[i] = (f"its worker process died (exit code {proc.exitcode}: killed, or out of memory) "
-                                   "before the model was saved; re-run the same command to train what is missing")
-                        yield i, done[i]
+                    yield from read(0.2)  # what it sent before it exited is in the pipe
+                    del workers[wid]
+                    if wid in busy:
+                        yield busy.pop(wid), (f"its worker process died (exit code {proc.exitcode}: killed, or out of "
+                                              "memory) before the model was saved; re-run the same command to train "
+                                              "what is missing")
+                    if todo:
+                        start()
         finally:
-            for proc in running.values():
-                proc.terminate()
-                proc.join()
+            for proc, tasks in workers.values():
+                tasks.put(None)  # a worker between jobs stops; one still training is stopped
+            for wid, (proc, tasks) in workers.items():
+                if wid in busy:
+                    proc.terminate()
+                proc.join(timeout=10)
+                if proc.is_alive():
+                    proc.terminate()
+                    proc.join()
             messages.close()
-            messages.join_thread()
 
 
-def _local_job(i: int, job: Job, messages) -> None:
-    """One job in a LocalExecutor worker: sends its Trained, or the training's own error (one line)."""
-    try:
-        result = run_job(job, _Fraction(job, lambda f: messages.put((i, "progress", f))))
-    except CohereError as e:
-        result = str(e)
-    except Exception as e:  # noqa: BLE001 (a bug in training fails this model only; its type and first line)
-        text = str(e).strip().splitlines()
-        result = f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
-    messages.put((i, "done", result))
+def _local_worker(wid: int, tasks, messages) -> None:
+    """A LocalExecutor worker: trains the jobs it is sent until it gets None. It sends each
+    job's Trained, or the training's own error (one line). It exits if the process that
+    started it is gone (killed outright), between jobs and at every evaluation of a job."""
+    import os
+    import queue as queues
+
+    parent = os.getppid()
+
+    def progress(i: int, fraction: float) -> None:
+        if os.getppid() != parent:
+            os._exit(1)
+        messages.put((wid, i, "progress", fraction))
+
+    while True:
+        try:
+            item = tasks.get(timeout=5.0)
+        except queues.Empty:
+            if os.getppid() != parent:
+                os._exit(1)
+            continue
+        if item is None:
+            break
+        i, job = item
+        try:
+            result = run_job(job, _Fraction(job, lambda f: progress(i, f)))
+        except CohereError as e:
+            result = str(e)
+        except Exception as e:  # noqa: BLE001 (a bug in training fails this model only; its type and first line)
+            text = str(e).strip().splitlines()
+            result = f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
+        messages.put((wid, i, "done", result))
     messages.close()
-    messages.join_thread()  # the result is in the pipe before the process exits
+    messages.join_thread()  # every result is in the pipe before the process exits
 
 
 def require_ray():
