@@ -818,10 +818,10 @@ def recalibrate(model: "_DiffusionModel", target_latents, source_latents: Mappin
     {modality: (n, d)}, in the same order; for a multi-condition model NaN rows where a sample
     lacks the source). The network is not touched. The rows are proved the same by the
     noise-error profile, which does not depend on the sampler: recomputed on them it must
-    equal the recorded one, checked before the calibration runs. The spread, the held-out report and (experts that have it) the
-    stacking weight are chosen anew; the result is the artifact a training with this version
-    gives. ``stacking`` (experts): fit the stacking of the mean (True), or keep it as the
-    artifact has it (None: refitted where it has one)."""
+    equal the recorded one, checked before the calibration runs. The spread, the held-out
+    report and (experts that have it) the stacking weight are chosen anew; the result is the
+    artifact a training with this version gives. ``stacking`` (experts): fit the stacking of
+    the mean (True), or keep it as the artifact has it (None: refitted where it has one)."""
     cfg = model.train_config
     if cfg is None:
         raise CohereError(f"{model.id}: the artifact records no training recipe; retrain it")
