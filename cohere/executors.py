@@ -171,9 +171,8 @@ def _local_worker(wid: int, tasks, messages) -> None:
             result = run_job(job, _Fraction(job, lambda f: progress(i, f)))
         except CohereError as e:
             result = str(e)
-        except Exception as e:  # noqa: BLE001 (a bug in training fails this model only; its type and first line)
-            text = str(e).strip().splitlines()
-            result = f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
+        except Exception as e:  # noqa: BLE001 (a bug in training fails this model only)
+            result = _first_line(e)
         messages.put((wid, i, "done", result))
     messages.close()
     messages.join_thread()  # every result is in the pipe before the process exits
@@ -250,16 +249,20 @@ class RayExecutor:
                 ray.shutdown()
 
 
+def _first_line(error: BaseException, empty: str = "") -> str:
+    """An exception as one line: its type and the first line of its message (``empty`` if none)."""
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else empty}".rstrip(": ")
+
+
 def _reason(error) -> str:
     """One line for a failed Ray task: the training's own error, or what happened to the worker."""
     cause = getattr(error, "cause", None)
     if isinstance(cause, CohereError):
         return str(cause)
     if cause is not None:
-        text = str(cause).strip().splitlines()
-        return f"{type(cause).__name__}: {text[0] if text else ''}".rstrip(": ")
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else 'the worker was lost'}"
+        return _first_line(cause)
+    return _first_line(error, "the worker was lost")
 
 
 # ----------------------------------------------------------------------------- Ray Tune search

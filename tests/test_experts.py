@@ -346,12 +346,10 @@ def test_experts_record_their_stacking_and_older_artifacts_get_the_same_one(tmp_
     assert before.stack is None and before.stack_alpha == 1.0 and "stacking" not in json.loads(
         (tmp_path / "old" / "config.json").read_text())
     assert add_stacking(before, c, x).pack()[0] == fresh.pack()[0]
-    import cohere.experts
-
     def never(*args, **kwargs):
         raise AssertionError("calibrated before the rows were checked")
 
-    monkeypatch.setattr(cohere.experts, "calibrate_spread", never)  # the check comes first: refused in seconds
+    monkeypatch.setattr("cohere.experts.calibrate_spread", never)  # the check comes first: refused in seconds
     with pytest.raises(CohereError, match=r"rnaseq->cna: the held-out rows of these latents do not reproduce the "
                                           r"recorded noise-error profile; give the latents it was trained on, or "
                                           r"retrain it"):
