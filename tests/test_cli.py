@@ -48,6 +48,25 @@ def test_train_then_encode(tmp_path, sim_dir, capsys):
     assert z.loc[z.index.difference(present), "rppa.z00"].isna().all()
 
 
+def test_encoders_train_latent_dim_sets_the_width(tmp_path, sim_dir, capsys):
+    models = tmp_path / "models"
+    code, _, err = run(["encoders", "train", "--modality", "rppa", "--cohort", str(sim_dir), "--models", str(models),
+                        "--max-epochs", "2", "--latent-dim", "12"], capsys)
+    assert code in (0, None), err
+    enc = load_encoder(models / "encoders" / "rppa")
+    assert enc.latent_dim == 12 and enc.config["latent_dim"] == 12
+    code, _, err = run(["encode", "--models", str(models), "--cohort", str(sim_dir),
+                        "--out", str(tmp_path / "z.parquet")], capsys)
+    assert code in (0, None), err
+    assert list(pd.read_parquet(tmp_path / "z.parquet").columns) == [f"rppa.z{i:02d}" for i in range(12)]
+    n = pd.read_parquet(sim_dir / "rppa.parquet").shape[1]
+    code, _, err = run(["encoders", "train", "--modality", "rppa", "--cohort", str(sim_dir),
+                        "--models", str(tmp_path / "wide"), "--max-epochs", "2", "--latent-dim", str(n + 1)], capsys)
+    assert code == 1 and re.search(rf"rppa: \d+ features after preprocessing, fewer than the {n + 1}-d latent", err)
+    assert [ln for ln in err.splitlines() if ln.startswith("error:")] == [err.splitlines()[-1]]
+    assert not (tmp_path / "wide" / "encoders").exists()
+
+
 def test_user_errors_are_one_line(tmp_path, sim_dir, capsys):
     code, out, err = run(["encode", "--models", str(tmp_path), "--cohort", str(sim_dir),
                           "--out", str(tmp_path / "z.csv")], capsys)

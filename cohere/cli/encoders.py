@@ -26,6 +26,9 @@ def train(
     input_form: list[str] = typer.Option(None, help="MODALITY=FORM, e.g. cna=absolute (repeatable)."),
     kind: Optional[str] = typer.Option(None, help="autoencoder or pca (default: the modality's)."),
     max_epochs: int = typer.Option(200, min=1, help="Autoencoder epochs at most (early stopping on validation MSE)."),
+    latent_dim: Optional[int] = typer.Option(None, min=2, max=1024,
+                                             help="Width of the latent (default: the paper's 32). A wider one keeps "
+                                                  "more of a modality's features; experts train in its width."),
     seed: int = typer.Option(0, help="Random seed."),
 ):
     """Fit preprocessing + encoder on the training samples and save the artifacts (all of
@@ -51,7 +54,8 @@ def train(
         mod = registry.get(m)
         extra = {"max_epochs": max_epochs} if (kind or mod.encoder) == "autoencoder" else {}
         typer.echo(f"{m}: fitting {kind or mod.encoder} on {len(tr)} training samples ...")
-        enc = make_encoder(mod, form, kind, seed=seed, **extra)
+        width = {} if latent_dim is None else {"latent_dim": latent_dim}
+        enc = make_encoder(mod, form, kind, seed=seed, **width, **extra)
         with progress(f"{m}: epochs", extra.get("max_epochs")) as update:
             enc.fit(tr, progress=lambda epoch, total: update(epoch))
         metrics = {"train_r2": round(enc.reconstruction_r2(tr), 4)}
