@@ -306,17 +306,24 @@ class GenerationResult:
         """One row per (sample, draw) — or per sample with ``aggregate`` (the mean of the
         draws) — with latent columns ``<target>.zNN`` or, with ``decode``, the target's features."""
         if aggregate:
-            return aggregate_frame(self.target, self.target_encoder, self.samples, self.mean, self.diagnostics(),
-                                   decode, self.shift)
+            return aggregate_frame(self.target, self.target_encoder, self.samples,
+                                   self.decoded().mean(0, dtype=np.float64) if decode else self.mean,
+                                   self.diagnostics(), decode)
         K = self.draws.shape[0]
         return draws_frame(self.target, self.target_encoder, self.samples.to_numpy(), self.draws, np.arange(K),
                            decode, self.shift)
 
     def decoded(self) -> np.ndarray:
         """(K, n, F) every draw decoded into the target's features, the residual shift added."""
-        K, n, d = self.draws.shape
-        x = self.target_encoder.decode(self.draws.reshape(K * n, d)).to_numpy(np.float32).reshape(K, n, -1)
-        return x if self.shift is None else x + self.shift[None].astype(np.float32)
+        return decoded_draws(self.target_encoder, self.draws, self.shift)
+
+
+def decoded_draws(encoder: Encoder, draws: np.ndarray, shift: np.ndarray | None = None) -> np.ndarray:
+    """(K, n, F): latent ``draws`` (K, n, d) decoded into the target's features (float32), plus
+    each patient's ``shift`` (n, F) when given (:func:`residual_shift`)."""
+    K, n, d = draws.shape
+    x = encoder.decode(draws.reshape(K * n, d)).to_numpy(np.float32).reshape(K, n, -1)
+    return x if shift is None else x + np.asarray(shift, np.float32)[None]
 
 
 def _values_frame(target: str, encoder: Encoder, x: np.ndarray, decode: bool, shift=None) -> pd.DataFrame:
@@ -345,10 +352,17 @@ def draws_frame(target: str, encoder: Encoder, samples: np.ndarray, values: np.n
 
 
 def aggregate_frame(target: str, encoder: Encoder, samples: pd.Index, mean: np.ndarray, diagnostics: pd.DataFrame,
-                    decode: bool, shift=None) -> pd.DataFrame:
-    """One row per patient: the mean of its draws (latents, or decoded, plus ``shift`` (n, F)
-    when given), its acceptance and latent variance."""
-    table = _values_frame(target, encoder, mean, decode, shift)
+                    decoded: bool) -> pd.DataFrame:
+    """One row per patient: the mean of its draws, its acceptance and latent variance.
+
+    ``mean`` is the mean of the latent draws (n, d), or with ``decoded`` the mean of the
+    decoded draws (n, F), residual shift included. The decoder is not linear, so the latter is
+    not decode(mean latent): it is the posterior mean of the features, what minimises their
+    expected squared error, and what ``cohere complete`` fills in."""
+    if decoded:
+        table = pd.DataFrame(mean, columns=encoder.preprocessor_.features_)
+    else:
+        table = _values_frame(target, encoder, mean, False)
     table.insert(0, "sample", samples.to_numpy())
     for col in ("accepted", "latent_variance"):
         table[col] = diagnostics[col].to_numpy()
@@ -359,12 +373,15 @@ class Accumulator:
     """Per-patient running sums over the draws of a chunked generation (float64): the mean and
     variance of the latents and the rejection diagnostics, in memory of size patients x d."""
 
-    def __init__(self, n: int, d: int):
+    def __init__(self, n: int, d: int, features: int = 0):
         self.count = np.zeros(n)
         self.total, self.squares = np.zeros((n, d)), np.zeros((n, d))
         self.accepted, self.attempts, self.bad = np.zeros(n), np.zeros(n), np.zeros(n)
+        self.feature_total = np.zeros((n, features)) if features else None
 
-    def add(self, rows: np.ndarray, gen: Generation) -> None:
+    def add(self, rows: np.ndarray, gen: Generation, decoded: np.ndarray | None = None) -> None:
+        """Add a batch: its latent draws and, when the accumulator sums features, the same
+        draws ``decoded`` (k, r, F)."""
         x = gen.draws.cpu().double().numpy()  # (k, r, d)
         self.count[rows] += x.shape[0]
         self.total[rows] += x.sum(0)
@@ -372,10 +389,16 @@ class Accumulator:
         self.accepted[rows] += gen.accepted.float().sum(0).cpu().numpy()
         self.attempts[rows] += gen.attempts.float().sum(0).cpu().numpy()
         self.bad[rows] += gen.bad_fraction.sum(0).cpu().numpy()
+        if self.feature_total is not None:
+            self.feature_total[rows] += np.asarray(decoded, np.float64).sum(0)
 
     @property
     def mean(self) -> np.ndarray:  # (n, d)
         return self.total / self.count[:, None]
+
+    @property
+    def feature_mean(self) -> np.ndarray:  # (n, F): the mean of the decoded draws
+        return self.feature_total / self.count[:, None]
 
     @property
     def variance(self) -> np.ndarray:  # (n, d) across draws (ddof 0)

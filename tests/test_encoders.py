@@ -127,3 +127,25 @@ def test_simulated_raw_forms_train(sim):
 def test_too_few_samples(real):
     with pytest.raises(CohereError, match="at least 20 are needed"):
         make_encoder(get_modality("rppa")).fit(real.tables["rppa"].iloc[:5])
+
+
+def test_aggregated_features_are_the_mean_of_the_decoded_draws(rppa_split, rppa_ae):
+    """The autoencoder's decoder is not linear: the mean of decoded draws (what
+    ``generate --decode --aggregate`` and ``cohere complete`` return) is not decode(mean)."""
+    import pandas as pd
+
+    from cohere.generation import aggregate_frame, decoded_draws
+
+    val = rppa_split[1].iloc[:40]
+    z = rppa_ae.encode(val).to_numpy()
+    draws = z[None] + np.random.default_rng(0).normal(0, 1.0, (20, *z.shape)).astype(np.float32)
+    shift = np.full((len(val), len(rppa_ae.preprocessor_.features_)), 0.5, np.float32)
+    decoded = decoded_draws(rppa_ae, draws, shift)
+    assert decoded.shape == (20, len(val), len(rppa_ae.preprocessor_.features_))
+    np.testing.assert_allclose(decoded[3], rppa_ae.decode(draws[3]).to_numpy() + 0.5, atol=1e-5)
+    mean = decoded.mean(0, dtype=np.float64)
+    assert np.abs(mean - (rppa_ae.decode(draws.mean(0)).to_numpy() + 0.5)).mean() > 1e-3
+    diag = pd.DataFrame({"accepted": 1.0, "latent_variance": 1.0}, index=val.index)
+    frame = aggregate_frame("rppa", rppa_ae, val.index, mean, diag, decoded=True)
+    assert list(frame.columns) == ["sample", *rppa_ae.preprocessor_.features_, "accepted", "latent_variance"]
+    np.testing.assert_allclose(frame[rppa_ae.preprocessor_.features_].to_numpy(), mean)

@@ -146,8 +146,8 @@ def test_feature_space_against_ridge_and_ceiling(data):
 
     df = feature_space(data, draws=3)
     assert len(df) == 3 * 3 and set(df.target) == set(MODS)
-    cols = ["decoded mean", "decoded latent mean", "decoded latent mean + joint residual ridge", "ridge -> features",
-            "ridge -> latent, decoded"]
+    cols = ["decoded mean", "decoded latent mean", "mean latent, decoded", "decoded latent mean + joint residual ridge",
+            "ridge -> features", "ridge -> latent, decoded"]
     assert np.isfinite(df[cols].to_numpy()).all()
     # nothing decoded from a latent beats the encoder's own reconstruction of the truth
     assert (df["ridge -> latent, decoded"] <= df["ceiling"] + 1e-9).all()

@@ -243,15 +243,19 @@ def test_cli_streams_batches_and_aggregates_them(world, tmp_path, monkeypatch, c
     monkeypatch.setattr(G, "MAX_BATCH_ROWS", max(1, n // 2))
     base = ["generate", "--target", "rppa", "--have", "rnaseq", "--cohort", str(cohort_dir), "--models", str(models),
             "--draws", "3", "--seed", "2"]
-    for extra, name in (([], "all.csv"), (["--aggregate"], "mean.csv")):
+    for extra, name in (([], "all.csv"), (["--aggregate"], "mean.csv"), (["--decode"], "all_f.csv"),
+                        (["--decode", "--aggregate"], "mean_f.csv")):
         code, _, err = run(base + extra + ["--out", str(tmp_path / name)], capsys)
         assert code == 0, err
-    draws = pd.read_csv(tmp_path / "all.csv", index_col=0, dtype={"sample": str})
-    mean = pd.read_csv(tmp_path / "mean.csv", index_col=0, dtype={"sample": str})
-    assert len(draws) == 3 * n and sorted(draws["draw"].unique()) == [0, 1, 2]
-    cols = [c for c in draws.columns if c.startswith("rppa.z")]
-    expect = draws.groupby(level=0)[cols].mean().loc[mean.index]
-    np.testing.assert_allclose(mean[cols].to_numpy(), expect.to_numpy(), atol=1e-5)
+    for suffix in ("", "_f"):
+        draws = pd.read_csv(tmp_path / f"all{suffix}.csv", index_col=0, dtype={"sample": str})
+        mean = pd.read_csv(tmp_path / f"mean{suffix}.csv", index_col=0, dtype={"sample": str})
+        assert len(draws) == 3 * n and sorted(draws["draw"].unique()) == [0, 1, 2] and len(mean) == n
+        cols = [c for c in draws.columns if c not in ("draw", "accepted", "latent_variance")]
+        assert cols[0].startswith("rppa.z") == (suffix == "")
+        # streamed in batches, the aggregate is the mean of the written draws (decoded or not)
+        expect = draws.groupby(level=0)[cols].mean().loc[mean.index]
+        np.testing.assert_allclose(mean[cols].to_numpy(), expect.to_numpy(), atol=1e-4)
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*"))
 
 
@@ -322,9 +326,9 @@ def test_decoded_draws_get_the_experts_residual_shift(world, tmp_path, capsys):
         decoded = enc.decode(res.draws.reshape(K * n, d)).to_numpy(np.float32).reshape(K, n, -1)
         np.testing.assert_allclose(res.decoded(), decoded + res.shift[None], atol=1e-5)
         np.testing.assert_allclose(plain.decoded(), decoded, atol=1e-6)
+        # aggregated: the mean of the decoded draws (a PCA encoder here, so also decode(mean latent))
         frame = res.to_frame(decode=True, aggregate=True)
-        np.testing.assert_allclose(frame[enc.preprocessor_.features_].to_numpy(),
-                                   enc.decode(res.mean).to_numpy() + res.shift, atol=1e-4)
+        np.testing.assert_allclose(frame[enc.preprocessor_.features_].to_numpy(), res.decoded().mean(0), atol=1e-4)
     # one expert: its head's prediction; two: composed with the consensus weights
     expert = source.model("rnaseq->rppa", encoders)
     conds = [torch.as_tensor(encoders["rnaseq"].encode_cohort(small, small.samples(["rnaseq"])).to_numpy())]

@@ -147,27 +147,30 @@ def stream(job, draws: int, seed: int, out: Path, diagnostics: Optional[Path], d
 
     from ..atomic import writing
     from ..cohort import stream_table, write_table_as
-    from ..generation import Accumulator, aggregate_frame, draws_frame
+    from ..generation import Accumulator, aggregate_frame, decoded_draws, draws_frame
 
     samples = job.samples.to_numpy()
-    acc = Accumulator(len(samples), job.target_encoder.latent_dim)
+    enc = job.target_encoder
+    acc = Accumulator(len(samples), enc.latent_dim, len(enc.preprocessor_.features_) if decode and aggregate else 0)
     batches = len(job.batches(draws))
     with contextlib.ExitStack() as stack:
         table = stack.enter_context(stream_table(out))
         diag_tmp = stack.enter_context(writing(diagnostics)) if diagnostics else None
         with progress(f"generating {job.target} ({job.method})", batches) as update:
             for i, (first, rows, gen) in enumerate(job.chunks(draws, seed), 1):
-                acc.add(rows, gen)
-                if not aggregate:
-                    x = gen.draws.cpu().numpy()
-                    table.write(draws_frame(job.target, job.target_encoder, samples[rows], x,
-                                            np.arange(first, first + x.shape[0]), decode,
-                                            None if job.shift is None else job.shift[rows]).set_index("sample"))
+                x = gen.draws.cpu().numpy()
+                shift = None if job.shift is None else job.shift[rows]
+                if aggregate:
+                    acc.add(rows, gen, decoded_draws(enc, x, shift) if decode else None)
+                else:
+                    acc.add(rows, gen)
+                    table.write(draws_frame(job.target, enc, samples[rows], x, np.arange(first, first + x.shape[0]),
+                                            decode, shift).set_index("sample"))
                 update(i)
         diag = acc.diagnostics(job.samples, job.imputation)
         if aggregate:
-            table.write(aggregate_frame(job.target, job.target_encoder, job.samples, acc.mean, diag, decode,
-                                        job.shift).set_index("sample"))
+            table.write(aggregate_frame(job.target, enc, job.samples, acc.feature_mean if decode else acc.mean,
+                                        diag, decode).set_index("sample"))
         if diag_tmp is not None:
             write_table_as(diag, diag_tmp, diagnostics.suffix)
     typer.echo(f"accepted {diag['accepted'].mean():.1%} of the draws, mean attempts {diag['attempts'].mean():.2f}",

@@ -150,11 +150,13 @@ def feature_section(df: pd.DataFrame, out: Path) -> str:
     return "\n".join([
         "## 1b. Feature space (what a user receives)", "",
         "Variance-weighted R² over observed cells of the target's preprocessed features on the test "
-        "patients: *decoded mean*, what `cohere generate --decode --aggregate` returns (the decoded "
-        "mean of the Coherent Denoising draws plus the experts' residual heads: ridge from each "
+        "patients: *decoded mean*, what `cohere generate --decode --aggregate` returns (the mean of "
+        "the decoded Coherent Denoising draws plus the experts' residual heads: ridge from each "
         "condition latent to what the encoder cannot represent, features − decode(encode(features)), "
         "fitted on the training patients and composed like the consensus); *decoded latent mean*, the "
-        "same without the residual heads; the latter plus one joint residual ridge from all the "
+        "same without the residual heads; *mean latent, decoded*, decode(the mean latent) plus the "
+        "residual heads (the decoder is not linear, so it is not the mean of the decoded draws); "
+        "the decoded latent mean plus one joint residual ridge from all the "
         "condition latents; ridge straight from the condition latents to the features; ridge to the "
         "target latent, decoded; and the encoder's own ceiling decode(encode(x)).", "",
         markdown_table(df), ""])
