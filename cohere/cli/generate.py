@@ -160,10 +160,8 @@ def stream(job, draws: int, seed: int, out: Path, diagnostics: Optional[Path], d
             for i, (first, rows, gen) in enumerate(job.chunks(draws, seed), 1):
                 x = gen.draws.cpu().numpy()
                 shift = None if job.shift is None else job.shift[rows]
-                if aggregate:
-                    acc.add(rows, gen, decoded_draws(enc, x, shift) if decode else None)
-                else:
-                    acc.add(rows, gen)
+                acc.add(rows, gen, decoded_draws(enc, x, shift) if acc.feature_total is not None else None)
+                if not aggregate:
                     table.write(draws_frame(job.target, enc, samples[rows], x, np.arange(first, first + x.shape[0]),
                                             decode, shift).set_index("sample"))
                 update(i)
