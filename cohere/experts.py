@@ -338,7 +338,8 @@ class _DiffusionModel:
                  metrics: Mapping | None = None, training: Mapping | None = None,
                  x0_bounds: tuple | None = None, mean: RidgeMean | None = None,
                  noise_error: torch.Tensor | None = None, spread: float = 1.0, stack: StackMean | None = None,
-                 stack_alpha: float = 1.0, head: RidgeMean | None = None, sampler_steps: int = SAMPLER_STEPS):
+                 stack_alpha: float = 1.0, head: RidgeMean | None = None, sampler_steps: int = SAMPLER_STEPS,
+                 fstack: RidgeMean | None = None, fstack_beta: float = 0.0):
         d = model.config.latent_dim
         if x0_bounds is None:
             x0_bounds = (torch.full((d,), -torch.inf), torch.full((d,), torch.inf))
@@ -358,6 +359,8 @@ class _DiffusionModel:
         self.stack = stack  # the ridge mean the draws' mean is stacked with (experts), or None
         self.stack_alpha = float(stack_alpha)  # its stacking weight (stack_weight); 1 = none
         self.head = head  # ridge from the condition to the target's features outside its latent (experts), or None
+        self.fstack = fstack  # ridge from the condition to the target's features (experts), or None
+        self.fstack_beta = float(fstack_beta)  # the decoded draws' stacking weight with it (feature_stack_weight)
         self.fit_seconds: float | None = None  # wall time of fit (not saved: the digest must be reproducible)
         self.digest: str | None = None
         self.path: Path | None = None
@@ -426,6 +429,13 @@ class _DiffusionModel:
                                     "what": "ridge from the condition latent to the target's features minus "
                                             "decode(latent) on the training rows (tensors residual.*), added to "
                                             "decoded draws"}
+        if self.fstack is not None:
+            cfg["feature_stacking"] = {"beta": self.fstack_beta, "features": int(self.fstack.weight.shape[0]),
+                                       "what": "ridge from the condition latent to the target's features (tensors "
+                                               "fstack.*) fitted on the training rows; the mean of a patient's "
+                                               "decoded draws is moved by beta towards its prediction",
+                                       "chosen_on": "the held-out rows, by the features' squared error "
+                                                    "(metrics.held_out_features)"}
         if self.stack is not None:
             cfg["stacking"] = {"alpha": self.stack_alpha, "mean": "ridge (tensors stack.*: coefficients, training "
                                                                   "mean, residual and target covariances) fitted on "
@@ -443,6 +453,7 @@ class _DiffusionModel:
                    **({} if self.mean is None else self.mean.tensors()),
                    **({} if self.stack is None else self.stack.tensors()),
                    **({} if self.head is None else self.head.tensors("residual")),
+                   **({} if self.fstack is None else self.fstack.tensors("fstack")),
                    **({} if self.noise_error is None else {"noise_error": self.noise_error})}
         return pack_artifact(config, tensors, card)
 
@@ -497,14 +508,22 @@ class _DiffusionModel:
             raise CohereError(f"{folder}: unsupported residual_head {cfg['residual_head']!r}; cohere experts record "
                               "{'features': a positive int, ...}")
         head_shapes = RidgeMean.shapes(features, dcfg.cond_dims[0], "residual") if features else {}
+        fst = cfg.get("feature_stacking")  # artifacts before feature stacking have none
+        ffeat, beta = (fst.get("features"), fst.get("beta")) if isinstance(fst, dict) else (None, None)
+        if fst is not None and (len(sources) != 1 or isinstance(ffeat, bool) or not isinstance(ffeat, int) or ffeat < 1
+                                or isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta <= 1):
+            raise CohereError(f"{folder}: unsupported feature_stacking {fst!r}; cohere experts record "
+                              "{'beta': a number in [0, 1], 'features': a positive int, ...}")
+        fstack_shapes = RidgeMean.shapes(ffeat, dcfg.cond_dims[0], "fstack") if fst is not None else {}
         art.expect({**{k: tuple(v.shape) for k, v in state.items()}, "x0_bounds.low": (d,), "x0_bounds.high": (d,),
-                    **mean_shapes, **stack_shapes, **head_shapes,
+                    **mean_shapes, **stack_shapes, **head_shapes, **fstack_shapes,
                     "noise_error": (2 ** len(sources), schedule.num_train_timesteps)})
         tensors = dict(art.tensors)
         bounds = (tensors.pop("x0_bounds.low"), tensors.pop("x0_bounds.high"))
         mean = RidgeMean(*(tensors.pop(k) for k in mean_shapes)) if mean_shapes else None
         stack = StackMean(*(tensors.pop(k) for k in stack_shapes)) if stack_shapes else None
         head = RidgeMean(*(tensors.pop(k) for k in head_shapes)) if head_shapes else None
+        fstack = RidgeMean(*(tensors.pop(k) for k in fstack_shapes)) if fstack_shapes else None
         noise_error = tensors.pop("noise_error")
         # num_batches_tracked is an integer buffer that save_artifact stores as float: cast back
         model.load_state_dict({k: v.to(state[k].dtype) for k, v in tensors.items()}, strict=True)
@@ -514,7 +533,8 @@ class _DiffusionModel:
         _DiffusionModel.__init__(obj, sources, target, model, schedule, recorded,
                                  TrainConfig.from_dict(recipe) if recipe else None, cfg.get("metrics", {}), training,
                                  bounds, mean, noise_error, float(sampling.get("spread", 1.0)),
-                                 stack, 1.0 if alpha is None else float(alpha), head, steps)
+                                 stack, 1.0 if alpha is None else float(alpha), head, steps, fstack,
+                                 0.0 if beta is None else float(beta))
         obj._unconditional = bool(cfg.get("unconditional", False))
         if obj.id != cfg.get("id"):
             raise CohereError(f"{folder}: config id {cfg.get('id')!r} does not match its sources and target ({obj.id!r})")
@@ -712,11 +732,12 @@ class Expert(_DiffusionModel):
                  encoders: Mapping[str, str], train_config: TrainConfig | None = None,
                  metrics: Mapping | None = None, training: Mapping | None = None, x0_bounds: tuple | None = None,
                  mean: RidgeMean | None = None, noise_error: torch.Tensor | None = None, spread: float = 1.0,
-                 stack: StackMean | None = None, stack_alpha: float = 1.0, head: RidgeMean | None = None):
+                 stack: StackMean | None = None, stack_alpha: float = 1.0, head: RidgeMean | None = None,
+                 fstack: RidgeMean | None = None, fstack_beta: float = 0.0):
         if model.num_conds != 1:
             raise CohereError(f"an expert has one condition; the denoiser has {model.num_conds}")
         super().__init__([source], target, model, schedule, encoders, train_config, metrics, training, x0_bounds,
-                         mean, noise_error, spread, stack, stack_alpha, head)
+                         mean, noise_error, spread, stack, stack_alpha, head, fstack=fstack, fstack_beta=fstack_beta)
 
     @property
     def source(self) -> str:
@@ -730,14 +751,15 @@ class Expert(_DiffusionModel):
     def fit(cls, source: str, target: str, source_latents, target_latents, encoders: Mapping,
             config: TrainConfig | None = None, schedule: NoiseSchedule | None = None, search: int = 0,
             progress: Callable | None = None, training: Mapping | None = None,
-            run_trials: Callable | None = None, target_residuals=None) -> "Expert":
+            run_trials: Callable | None = None, target_residuals=None, target_encoder=None) -> "Expert":
         """Train on paired rows (training split only): ``source_latents`` and
         ``target_latents`` (n, d) of the same samples; ``encoders`` {modality: encoder or
         digest} for source and target. ``search`` > 1: random search over that many configs,
         trained by ``run_trials`` (see :func:`~cohere.diffusion.train.random_search`).
         ``target_residuals`` (n, F), the same samples' target features minus the decoded
         target latents (:func:`cohere.training.feature_residuals`): the residual head is fitted
-        to them (:func:`fit_head`)."""
+        to them (:func:`fit_head`); with the ``target_encoder`` too, the feature stacking
+        (:func:`fit_feature_stacking`)."""
         config = TrainConfig() if config is None else config
         schedule = NoiseSchedule() if schedule is None else schedule
         if source == target:
@@ -755,6 +777,8 @@ class Expert(_DiffusionModel):
         head = None if target_residuals is None else fit_head(c.numpy(), target_residuals)
         obj = cls(source, target, res.model, schedule, digests, res.config, metrics, train_info, res.x0_bounds,
                   mean, profile, spread, stack, report.get("stack_alpha", 1.0), head)
+        if head is not None and target_encoder is not None:
+            obj = add_feature_stacking(obj, target_encoder, c.numpy(), x.numpy(), target_residuals, record=False)
         obj.fit_seconds = res.seconds
         return obj
 
@@ -808,6 +832,78 @@ def add_head(expert: Expert, source_latents, target_residuals) -> Expert:
     return _fitted_after(expert, {"residuals_sha256": residuals_digest(target_residuals)},
                          head=fit_head(source_latents, target_residuals))
 
+
+
+# the grid of feature-stacking weights beta (0 = the decoded draws' own mean, 1 = ridge's features)
+FEATURE_BETAS = tuple(round(b, 2) for b in np.linspace(0.0, 1.0, 11))
+
+
+def feature_stack_weight(y: np.ndarray, decoded_mean: np.ndarray, point: np.ndarray) -> float:
+    """The feature-stacking weight beta of an expert: the one of ``FEATURE_BETAS`` for which
+    (1 - beta) * ``decoded_mean`` + beta * ``point`` has the lowest squared error against the
+    held-out features ``y`` (n, F), where ``decoded_mean`` is the mean of the expert's decoded
+    draws for those rows and ``point`` ridge's prediction of the features, fitted on the
+    training rows only. Ties keep the smaller beta (the draws' own mean).
+
+    Why: the latent stacking (:func:`stack_weight`) weighs the 32 standardised latent
+    dimensions alike, but a user receives features, where each dimension counts by what the
+    decoder makes of it, and the decoded mean of a low-dimensional latent misses what lies
+    outside it. Ridge fitted straight from the condition to the features has neither limit
+    and its own linear bias; stacking the two in feature space, on rows neither saw, keeps the
+    better of each (Breiman 1996)."""
+    y, m, p = (np.asarray(a, np.float64) for a in (y, decoded_mean, point))
+    best = (math.inf, 0.0)
+    for b in FEATURE_BETAS:
+        e = float(np.mean(((1.0 - b) * m + b * p - y) ** 2))
+        if e < best[0] - 1e-12:
+            best = (e, b)
+    return float(best[1])
+
+
+def add_feature_stacking(expert: Expert, target_encoder, source_latents, target_latents, target_residuals,
+                         record: bool = True) -> Expert:
+    """The ``expert`` with its feature stacking fitted, on the rows it was trained on (the
+    ``source_latents`` and ``target_latents`` (n, d) and the target's
+    :func:`cohere.training.feature_residuals` (n, F), in the same order; the target's
+    features are the residuals plus decode(target latents)): ridge from the condition latent
+    to the features (:class:`RidgeMean`), fitted on the training rows of its recipe's split,
+    and its weight beta (:func:`feature_stack_weight`) on the held-out rows, where
+    ``REPORT_DRAWS`` draws per row are generated as :mod:`cohere.generation` does (mean
+    stacking and residual head included) and decoded. Generation then moves the mean of a
+    patient's decoded draws by beta towards ridge's features (every draw by the same vector,
+    so their spread is kept). ``record``: add it to the recorded training request (an artifact
+    upgraded after its training). The network is not touched."""
+    cfg = expert.train_config
+    if cfg is None:
+        raise CohereError(f"{expert.id}: the artifact records no training recipe; retrain it")
+    if expert.head is None:
+        raise CohereError(f"{expert.id}: feature stacking needs the residual head; add it first (add_head)")
+    x = _to_tensor(target_latents, f"{expert.target} latents").numpy()
+    c = _to_tensor(source_latents, f"{expert.source} latents", rows=len(x)).numpy()
+    r = np.asarray(target_residuals, np.float64)
+    if r.shape != (len(x), expert.head.weight.shape[0]) or not np.isfinite(r).all():
+        raise CohereError(f"residuals: expected a finite array of shape ({len(x)}, {expert.head.weight.shape[0]}), "
+                          f"got {r.shape}")
+    features = r + target_encoder.decode(x).to_numpy(np.float64)
+    tr, va = split_validation(torch.ones(len(x), 1), cfg.val_fraction, cfg.seed)
+    ridge = RidgeMean.fit(c[tr], features[tr])
+    cv = torch.from_numpy(np.ascontiguousarray(c[va]))
+    with torch.no_grad():
+        draws = torch.from_numpy(expert.sample(cv, n_draws=REPORT_DRAWS, seed=cfg.seed + 4))
+        if expert.stack is not None:
+            draws = recenter(draws, expert.stack_point([cv]), expert.stack_alpha)
+        K, n, d = draws.shape
+        decoded = target_encoder.decode(draws.reshape(K * n, d).numpy()).to_numpy(np.float64).reshape(K, n, -1)
+        decoded += expert.head_shift([cv]).double().numpy()[None]
+        point = ridge([cv]).double().numpy()
+    mean = decoded.mean(0)
+    beta = feature_stack_weight(features[va], mean, point)
+    report = {"beta": beta, "r2_decoded_mean": scores.r2(features[va], mean), "r2_ridge": scores.r2(features[va], point),
+              "r2_stacked": scores.r2(features[va], (1 - beta) * mean + beta * point)}
+    metrics = {**expert.metrics, "held_out_features": {k: round(float(v), 4) for k, v in report.items()}
+               | {"n": int(n), "draws": int(K)}}
+    return _fitted_after(expert, {"feature_stacking": True} if record else {}, fstack=ridge, fstack_beta=beta,
+                         metrics=metrics)
 
 def recalibrate(model: "_DiffusionModel", target_latents, source_latents: Mapping[str, object],
                 stacking: bool | None = None) -> "_DiffusionModel":

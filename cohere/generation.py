@@ -197,6 +197,7 @@ class Consensus:
     bounds: tuple  # the x_0 clamp: the widest training range of the target among the experts
     stack: tuple | None = None  # (point (n, d), alpha): the mean stacking (see stacked_mean), or None
     shift: torch.Tensor | None = None  # (n, F) added to decoded draws (see residual_shift), or None
+    fstack: tuple | None = None  # (point (n, F), beta): the feature stacking (see feature_stacking), or None
 
 
 def residual_shift(experts: list[Expert], conds: dict, weights: list[float]) -> torch.Tensor | None:
@@ -211,6 +212,23 @@ def residual_shift(experts: list[Expert], conds: dict, weights: list[float]) -> 
     m = torch.stack([e.head.prior for e in experts]).mean(0)
     w = torch.tensor(weights, dtype=torch.float32)
     return m + (w[:, None, None] * (h - m)).sum(0)
+
+
+def feature_stacking(experts: list[Expert], conds: dict, weights: list[float]) -> tuple | None:
+    """(point (n, F), beta) that the mean of every patient's decoded draws is stacked with
+    (:func:`decoded_draws`), or None when an expert has none (artifacts before it). Each expert
+    records ridge from its condition to the target's features, f_i(c_i), and the weight beta_i
+    it chose on its held-out rows (:func:`cohere.experts.feature_stack_weight`). The point
+    composes them as the residual heads are composed (:func:`residual_shift`),
+    m + sum_i w_i (f_i - m) with m the training mean of the features; beta is the weighted
+    mean of the beta_i."""
+    if any(e.fstack is None for e in experts):
+        return None
+    f = torch.stack([e.fstack([torch.as_tensor(conds[e.source], dtype=torch.float32)]) for e in experts])
+    m = torch.stack([e.fstack.prior for e in experts]).mean(0)
+    w = torch.tensor(weights, dtype=torch.float32)
+    beta = float(sum(wi * e.fstack_beta for wi, e in zip(weights, experts)) / float(w.sum()))
+    return m + (w[:, None, None] * (f - m)).sum(0), beta
 
 
 def stacked_mean(experts: list[Expert], conds: dict, weights: list[float]) -> tuple | None:
@@ -248,7 +266,7 @@ def expert_consensus(experts: list[Expert], conds: dict, consensus: str = DEFAUL
     latents}: weights by :func:`product_weights` ("product") or :func:`consensus_weights`
     ("average"), experts of weight 0 left out, the unconditional member the product needs (that
     of the expert trained on the most rows), (``stacking``) the :func:`stacked_mean` and
-    (``residual``) the :func:`residual_shift`."""
+    (``residual``) the :func:`residual_shift`, and (``stacking``) the :func:`feature_stacking`."""
     w = product_weights(experts, weights) if consensus == "product" else consensus_weights(experts, weighting, weights)
     kept = [e for e, wi in zip(experts, w) if wi > 0]   # a zero weight has no effect
     kept_w = [wi for wi in w if wi > 0]
@@ -262,7 +280,8 @@ def expert_consensus(experts: list[Expert], conds: dict, consensus: str = DEFAUL
     bounds = (torch.stack([e.x0_bounds[0] for e in kept]).amin(0), torch.stack([e.x0_bounds[1] for e in kept]).amax(0))
     stack = stacked_mean(kept, conds, kept_w) if stacking else None
     shift = residual_shift(kept, conds, kept_w) if residual else None
-    return Consensus(members, prior, [e.id for e in kept], kept_w, kept[0].schedule, bounds, stack, shift)
+    fstack = feature_stacking(kept, conds, kept_w) if stacking else None
+    return Consensus(members, prior, [e.id for e in kept], kept_w, kept[0].schedule, bounds, stack, shift, fstack)
 
 
 # ---------------------------------------------------------------- the result
@@ -282,6 +301,7 @@ class GenerationResult:
     settings: dict = field(default_factory=dict)
     imputation: dict[str, Imputation] = field(default_factory=dict)   # per condition: what was imputed
     shift: np.ndarray | None = None  # (n, F) added to decoded draws (residual_shift), or None
+    fstack: tuple | None = None  # (point (n, F), beta) the decoded draws' mean is stacked with, or None
 
     @property
     def draws(self) -> np.ndarray:          # (K, n, d)
@@ -311,41 +331,49 @@ class GenerationResult:
                                    self.diagnostics(), decode)
         K = self.draws.shape[0]
         return draws_frame(self.target, self.target_encoder, self.samples.to_numpy(), self.draws, np.arange(K),
-                           decode, self.shift)
+                           decode, self.shift, self.fstack)
 
     def decoded(self) -> np.ndarray:
-        """(K, n, F) every draw decoded into the target's features, the residual shift added."""
-        return decoded_draws(self.target_encoder, self.draws, self.shift)
+        """(K, n, F) every draw decoded into the target's features, the residual shift added
+        and the feature stacking applied."""
+        return decoded_draws(self.target_encoder, self.draws, self.shift, self.fstack)
 
 
-def decoded_draws(encoder: Encoder, draws: np.ndarray, shift: np.ndarray | None = None) -> np.ndarray:
+def decoded_draws(encoder: Encoder, draws: np.ndarray, shift: np.ndarray | None = None,
+                  fstack: tuple | None = None) -> np.ndarray:
     """(K, n, F): latent ``draws`` (K, n, d) decoded into the target's features (float32), plus
-    each patient's ``shift`` (n, F) when given (:func:`residual_shift`)."""
+    each patient's ``shift`` (n, F) when given (:func:`residual_shift`); with ``fstack`` =
+    (point (n, F), beta) (:func:`feature_stacking`) and two draws or more, every decoded draw
+    of a patient is moved by the same vector so that their mean becomes (1 - beta) * their
+    mean + beta * point (their spread is kept; as :func:`cohere.sampling.recenter` in the
+    latent)."""
     K, n, d = draws.shape
     x = encoder.decode(draws.reshape(K * n, d)).to_numpy(np.float32).reshape(K, n, -1)
-    return x if shift is None else x + np.asarray(shift, np.float32)[None]
+    if shift is not None:
+        x = x + np.asarray(shift, np.float32)[None]
+    if fstack is not None and K >= 2 and fstack[1] > 0:
+        point, beta = fstack
+        x = x + np.float32(beta) * (np.asarray(point, np.float32)[None] - x.mean(0, keepdims=True))
+    return x
 
 
-def _values_frame(target: str, encoder: Encoder, x: np.ndarray, decode: bool, shift=None) -> pd.DataFrame:
-    """Latent rows ``x`` (m, d) as columns ``<target>.zNN``, or decoded into the target's
-    features, plus ``shift`` (m, F) when given (:func:`residual_shift`)."""
-    if decode:
-        table = encoder.decode(x)
-        if shift is None:
-            return table
-        values = table.to_numpy()
-        return pd.DataFrame(values + np.asarray(shift, values.dtype), index=table.index, columns=table.columns)
+def _latent_frame(target: str, x: np.ndarray) -> pd.DataFrame:
+    """Latent rows ``x`` (m, d) as columns ``<target>.zNN``."""
     return pd.DataFrame(x, columns=[f"{target}.{c}" for c in latent_columns(x.shape[1])])
 
 
 def draws_frame(target: str, encoder: Encoder, samples: np.ndarray, values: np.ndarray, draw_ids: np.ndarray,
-                decode: bool, shift=None) -> pd.DataFrame:
+                decode: bool, shift=None, fstack=None) -> pd.DataFrame:
     """Rows (sample, draw) for ``values`` (k, r, d), the draws ``draw_ids`` (k,) of the
-    patients ``samples`` (r,): latent columns, or the decoded features with ``decode`` (plus
-    each patient's ``shift`` (r, F) when given)."""
+    patients ``samples`` (r,): latent columns, or the decoded features with ``decode``
+    (:func:`decoded_draws`: plus each patient's ``shift`` (r, F), and the feature stacking
+    ``fstack`` = (point (r, F), beta), when given)."""
     k, r, d = values.shape
-    tiled = None if shift is None else np.tile(shift, (k, 1))  # draw-major, as the rows
-    table = _values_frame(target, encoder, values.reshape(-1, d), decode, tiled)
+    if decode:
+        x = decoded_draws(encoder, values, shift, fstack).reshape(k * r, -1)
+        table = pd.DataFrame(x, columns=encoder.preprocessor_.features_)
+    else:
+        table = _latent_frame(target, values.reshape(-1, d))
     table.insert(0, "sample", np.tile(samples, k))
     table.insert(1, "draw", np.repeat(np.asarray(draw_ids), r))
     return table
@@ -362,7 +390,7 @@ def aggregate_frame(target: str, encoder: Encoder, samples: pd.Index, mean: np.n
     if decoded:
         table = pd.DataFrame(mean, columns=encoder.preprocessor_.features_)
     else:
-        table = _values_frame(target, encoder, mean, False)
+        table = _latent_frame(target, mean)
     table.insert(0, "sample", samples.to_numpy())
     for col in ("accepted", "latent_variance"):
         table[col] = diagnostics[col].to_numpy()
@@ -441,6 +469,12 @@ class GenerationJob:
     imputation: dict[str, Imputation] = field(default_factory=dict)
     stack: tuple | None = None  # (point (n, d), alpha) of the mean stacking, or None
     shift: np.ndarray | None = None  # (n, F) added to decoded draws (residual_shift), or None
+    fstack: tuple | None = None  # (point (n, F), beta) of the feature stacking, or None
+
+    def decoding(self, rows: np.ndarray) -> tuple:
+        """(shift, fstack) of the patients ``rows``: what :func:`decoded_draws` takes."""
+        return (None if self.shift is None else self.shift[rows],
+                None if self.fstack is None else (self.fstack[0][rows], self.fstack[1]))
 
     def batches(self, draws: int) -> list[tuple[int, int, np.ndarray]]:
         """(first draw, number of draws, patient indices) of each batch, at most
@@ -562,7 +596,7 @@ def prepare_generation(
         c = expert_consensus(models, {m: conds[m] for m in have}, consensus, weighting, weights, device, stacking,
                              residual)
         members, prior, used, w, schedule, bounds = (c.members, c.prior, c.models, c.weights, c.schedule, c.bounds)
-        stack, shift = c.stack, c.shift
+        stack, shift, fstack = c.stack, c.shift, c.fstack
     else:
         multi = source.model(f"multi->{target}", encoders)
         if not isinstance(multi, MultiConditionModel):
@@ -572,7 +606,7 @@ def prepare_generation(
             raise CohereError(f"multi->{target} was not trained with {extra[0]!r} as a condition")
         members = [multi.to(device).member(conds, n=len(ids))]
         used, w, schedule, bounds, prior = [multi.id], [1.0], multi.schedule, multi.x0_bounds, []
-        stack = shift = None  # the multi-condition model has neither
+        stack = shift = fstack = None  # the multi-condition model has none of them
     if sampler == "ddpm":
         steps = None
     elif steps is None:  # the step count the models' spread was calibrated at
@@ -588,11 +622,13 @@ def prepare_generation(
                               "informativeness" if consensus == "product" else weighting),
                 "stacking": None if stack is None else round(stack[1], 4),
                 "residual": shift is not None,
+                "feature_stacking": None if fstack is None else round(fstack[1], 4),
                 "imputation": {m: r.to_dict() for m, r in imputation.items()}}
     if stack is not None:
         stack = (stack[0].to(device), stack[1])
     return GenerationJob(target, ids, method, used, w, encoders[target], members, prior, schedule.to(device),
-                         options, settings, imputation, stack, None if shift is None else shift.cpu().numpy())
+                         options, settings, imputation, stack, None if shift is None else shift.cpu().numpy(),
+                         None if fstack is None else (fstack[0].cpu().numpy(), fstack[1]))
 
 
 def generate_missing(cohort: Cohort, target: str, have: list[str], source: ModelSource, method: str = "coherent",
@@ -620,7 +656,9 @@ def generate_missing(cohort: Cohort, target: str, have: list[str], source: Model
     weight alpha each expert chose on its held-out rows (:func:`stacked_mean`); the spread of
     the draws is kept. ``residual`` (Coherent Denoising): decoded draws get the experts'
     prediction of the features outside the target's latent added (:func:`residual_shift`;
-    ``GenerationResult.shift``). ``PAPER_MODE`` holds the options of the paper's exact method.
+    ``GenerationResult.shift``); with ``stacking``, the mean of each patient's decoded draws is
+    also stacked with the experts' ridge prediction of the features, with the weight beta each
+    chose on its held-out rows (:func:`feature_stacking`). ``PAPER_MODE`` holds the options of the paper's exact method.
     """
     job = prepare_generation(cohort, target, have, source, method, patients, **options)
     size = job.result_bytes(draws) if isinstance(draws, int) and draws > 0 else 0
@@ -639,4 +677,4 @@ def generate_missing(cohort: Cohort, target: str, have: list[str], source: Model
             gen.accepted.cpu()
     settings = {"sampling_seconds": time.perf_counter() - t0, "seed": seed, "draws": draws, **job.settings}
     return GenerationResult(target, job.samples, Generation(x, tries, bad, ok), method, job.models, job.weights,
-                            job.target_encoder, settings, job.imputation, job.shift)
+                            job.target_encoder, settings, job.imputation, job.shift, job.fstack)

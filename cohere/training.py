@@ -85,6 +85,7 @@ class Job:
     search: int = 0  # random search over this many configurations (0 or 1: none)
     training: dict = field(default_factory=dict)  # recorded in the artifact (cohort, seed, description)
     residuals: pd.DataFrame | None = None  # experts: the target's feature_residuals on the same rows, or None
+    target_encoder: object = None  # experts with residuals: the target's encoder, for the feature stacking
 
     @property
     def id(self) -> str:
@@ -114,6 +115,8 @@ class Job:
             out["stacking"] = True  # experts fit the stacking of their mean (artifacts before it: retrained)
         if self.residuals is not None:
             out["residuals_sha256"] = residuals_digest(self.residuals)
+            if self.target_encoder is not None:
+                out["feature_stacking"] = True
         return out
 
     def fit(self, progress: Callable | None = None, run_trials: Callable | None = None):
@@ -127,7 +130,8 @@ class Job:
                                                run_trials=run_trials)
             return Expert.fit(self.source, self.target, self.latents[self.source], self.latents[self.target],
                               self.encoders, self.config, search=self.search, progress=progress, training=info,
-                              run_trials=run_trials, target_residuals=self.residuals)
+                              run_trials=run_trials, target_residuals=self.residuals,
+                              target_encoder=self.target_encoder)
 
 
 def feature_residuals(encoder, table: pd.DataFrame, latents: pd.DataFrame) -> pd.DataFrame:
@@ -148,7 +152,8 @@ def make_jobs(pairs: Iterable[tuple[str, str]], latents: Mapping[str, pd.DataFra
     {modality: DataFrame} and the encoders ({modality: encoder or digest}). Every pair is
     checked before any job is made: an expert needs ``MIN_PAIRED`` samples with both. With the
     cohort's ``tables`` {modality: DataFrame} (and encoder objects), experts also get the
-    target's :func:`feature_residuals` on their rows, for their residual head."""
+    target's :func:`feature_residuals` on their rows, for their residual head, and the
+    target's encoder, for their feature stacking."""
     digest = {m: (e if isinstance(e, str) else e.digest) for m, e in encoders.items()}
     residuals: dict[str, pd.DataFrame] = {}
 
@@ -180,7 +185,7 @@ def make_jobs(pairs: Iterable[tuple[str, str]], latents: Mapping[str, pd.DataFra
             info["description"] = f"{len(both)} training samples of cohort '{cohort_name}' with both {s} and {t}."
         r = residual(t) if s != "multi" else None
         jobs.append(Job(s, t, data, {m: digest[m] for m in data}, config, search, info,
-                        None if r is None else r.loc[data[t].index]))
+                        None if r is None else r.loc[data[t].index], None if r is None else encoders[t]))
     return jobs
 
 

@@ -15,7 +15,10 @@ Every model in MODELS/experts is rebuilt from the same code as training, on late
   recalibrates too);
 - an expert without a residual head gets one (:func:`cohere.experts.add_head`): ridge from the
   condition latents to the target's :func:`cohere.training.feature_residuals` on all its
-  training rows.
+  training rows;
+- an expert without feature stacking gets it (:func:`cohere.experts.add_feature_stacking`):
+  ridge from the condition latents to the target's features on the training rows of its split,
+  and its weight beta chosen on its held-out rows.
 A model retrained with the current ``cohere experts train`` gets the same artifact.
 """
 
@@ -40,18 +43,20 @@ def main() -> int:
     from cohere.diffusion.train import TrainConfig
     from cohere.encoders import load_encoder
     from cohere.errors import CohereError
-    from cohere.experts import (SAMPLER_STEPS, Expert, MultiConditionModel, add_head, add_stacking, list_models,
-                                load_model, recalibrate)
+    from cohere.experts import (SAMPLER_STEPS, Expert, MultiConditionModel, add_feature_stacking, add_head,
+                                add_stacking, list_models, load_model, recalibrate)
     from cohere.training import make_jobs
 
     def stale(model) -> bool:
         return model.sampler_steps != SAMPLER_STEPS or (isinstance(model, Expert) and
-                                                          (model.stack is None or model.head is None))
+                                                          (model.stack is None or model.head is None or
+                                                                                  model.fstack is None))
 
     todo = [(folder, model) for folder, model in ((f, load_model(f)) for f in list_models(args.models))
             if isinstance(model, (Expert, MultiConditionModel)) and stale(model)]
     if not todo:
-        print(f"{args.models}: every model is up to date ({SAMPLER_STEPS} sampler steps, stacking, residual heads)")
+        print(f"{args.models}: every model is up to date ({SAMPLER_STEPS} sampler steps, stacking, residual heads, "
+              "feature stacking)")
         return 0
     cohort = Cohort.read(args.cohort)
     train_ids = cohort.ids_in("train", args.seed)
@@ -77,6 +82,8 @@ def main() -> int:
                 fitted = model
             if isinstance(fitted, Expert) and fitted.head is None:
                 fitted = add_head(fitted, sources[model.source], job.residuals)
+            if isinstance(fitted, Expert) and fitted.fstack is None:
+                fitted = add_feature_stacking(fitted, encoders[model.target], sources[model.source], x, job.residuals)
         except CohereError as e:
             print(f"{model.id}: {e}", file=sys.stderr)
             failed += 1
@@ -91,6 +98,9 @@ def main() -> int:
                      f"(ridge {h['ridge_r2']}), stacked energy {h['stacked_energy']} "
                      f"(ridge+resboot {h['ridge_resboot_energy']}); residual head over "
                      f"{fitted.head.weight.shape[0]} features")
+            f = fitted.metrics.get("held_out_features", {})
+            line += (f"; feature stacking beta {fitted.fstack_beta:.1f}: held-out feature r2 {f.get('r2_decoded_mean')} "
+                     f"-> {f.get('r2_stacked')} (ridge {f.get('r2_ridge')})")
         print(f"{line}; {fitted.digest[:12]}", flush=True)
     return 1 if failed else 0
 

@@ -418,3 +418,65 @@ def test_the_residual_head_is_fitted_recorded_and_added_to_older_artifacts(tmp_p
     assert add_head(before, c, resid).pack()[0] == fresh.pack()[0]
     with pytest.raises(CohereError, match=r"residuals: expected a finite array of shape \(120, F\)"):
         add_head(before, c, resid[:10])
+
+
+
+class _LinearDecoder:
+    """A known linear decoder (latent -> 7 features), standing in for a target encoder."""
+
+    def __init__(self, d: int, seed: int = 3):
+        self.A = np.random.default_rng(seed).standard_normal((d, 7)) / np.sqrt(d)
+
+    def decode(self, z):
+        return pd.DataFrame(np.asarray(z, np.float64) @ self.A)
+
+
+def test_feature_stack_weight_keeps_the_better_of_the_two_means():
+    from cohere.experts import feature_stack_weight
+
+    y = np.random.default_rng(0).standard_normal((50, 6))
+    assert feature_stack_weight(y, y, y + 1) == 0.0      # the draws' own mean is exact
+    assert feature_stack_weight(y, y + 1, y) == 1.0      # ridge's is exact
+    assert feature_stack_weight(y, y + 1, y - 1) == 0.5  # opposite errors: the blend is exact
+    assert feature_stack_weight(y, y + 1, y + 1) == 0.0  # a tie keeps the draws' own mean
+
+
+def test_feature_stacking_is_chosen_on_held_out_rows_recorded_and_added_to_older_artifacts(tmp_path, data):
+    from cohere.experts import add_feature_stacking, add_head
+
+    c, x = data
+    dec = _LinearDecoder(x.shape[1])
+    rng = np.random.default_rng(1)
+    # features outside the latent that the condition predicts linearly: ridge to the features
+    # sees them, the tiny network's decoded draws do not
+    resid = (c[:, :5] @ rng.standard_normal((5, 7)) + 0.01 * rng.standard_normal((120, 7))).astype(np.float32)
+    fresh = Expert.fit("rnaseq", "cna", c, x, DIGESTS, TINY, target_residuals=resid, target_encoder=dec)
+    h = fresh.metrics["held_out_features"]
+    assert fresh.fstack is not None and fresh.fstack.weight.shape == (7, 32) and fresh.fstack_beta == h["beta"]
+    assert h["n"] == 12 and h["draws"] == 20 and h["r2_stacked"] >= max(h["r2_decoded_mean"], h["r2_ridge"]) - 0.02
+    fresh.save(tmp_path / "new")
+    cfg = json.loads((tmp_path / "new" / "config.json").read_text())
+    assert cfg["feature_stacking"]["features"] == 7 and cfg["feature_stacking"]["beta"] == fresh.fstack_beta
+    loaded = Expert.load(tmp_path / "new")
+    assert torch.equal(loaded.fstack.weight, fresh.fstack.weight) and loaded.fstack_beta == fresh.fstack_beta
+    # an artifact from before the feature stacking loads without it, and gets the same one added
+    old = Expert("rnaseq", "cna", fresh.model, fresh.schedule, fresh.encoders, TINY,
+                 {k: v for k, v in fresh.metrics.items() if k != "held_out_features"}, fresh.training,
+                 fresh.x0_bounds, fresh.mean, fresh.noise_error, fresh.spread, fresh.stack, fresh.stack_alpha,
+                 fresh.head)
+    old.save(tmp_path / "old")
+    before = Expert.load(tmp_path / "old")
+    assert before.fstack is None and before.fstack_beta == 0.0
+    assert add_feature_stacking(before, dec, c, x, resid).pack()[0] == fresh.pack()[0]
+    headless = Expert("rnaseq", "cna", fresh.model, fresh.schedule, fresh.encoders, TINY)
+    with pytest.raises(CohereError, match=r"rnaseq->cna: feature stacking needs the residual head; add it first"):
+        add_feature_stacking(headless, dec, c, x, resid)
+    with pytest.raises(CohereError, match=r"residuals: expected a finite array of shape \(120, 7\), got \(10, 7\)"):
+        add_feature_stacking(add_head(headless, c, resid), dec, c, x, resid[:10])
+    for bad in ({"beta": 2, "features": 7}, {"beta": 0.5, "features": "7"}, "yes"):
+        edited = copy.copy(fresh)
+        edited._config = lambda bad=bad: {**fresh._config(), "feature_stacking": bad}
+        edited.save(tmp_path / "edited")
+        with pytest.raises(CohereError, match=r"unsupported feature_stacking .*; cohere experts record "
+                                              r"\{'beta': a number in \[0, 1\], 'features': a positive int"):
+            Expert.load(tmp_path / "edited")

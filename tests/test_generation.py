@@ -13,7 +13,7 @@ from cohere.encoders import make_encoder
 from cohere.errors import CohereError
 from cohere.experts import Expert, MultiConditionModel, model_dir
 from cohere import generation
-from cohere.generation import ModelSource, consensus_weights, generate_missing, prepare_generation
+from cohere.generation import ModelSource, consensus_weights, decoded_draws, generate_missing, prepare_generation
 from cohere.plugins import get_modality
 from cohere.training import feature_residuals
 from clihelp import run
@@ -43,7 +43,7 @@ def world(tmp_path_factory, sim):
     for s, tgt in [("rnaseq", "rppa"), ("cna", "rppa")]:
         ids = latents[s].index.intersection(latents[tgt].index)
         e = Expert.fit(s, tgt, latents[s].loc[ids], latents[tgt].loc[ids], encoders, cfg,
-                       target_residuals=residuals.loc[ids])
+                       target_residuals=residuals.loc[ids], target_encoder=encoders[tgt])
         e.save(model_dir(models, e.id))
     y = latents["rppa"]
     multi = MultiConditionModel.fit("rppa", y, {m: latents[m].reindex(y.index) for m in ("cna", "rnaseq")},
@@ -324,8 +324,17 @@ def test_decoded_draws_get_the_experts_residual_shift(world, tmp_path, capsys):
         assert res.shift.shape == (len(res.samples), len(enc.preprocessor_.features_))
         K, n, d = res.draws.shape
         decoded = enc.decode(res.draws.reshape(K * n, d)).to_numpy(np.float32).reshape(K, n, -1)
-        np.testing.assert_allclose(res.decoded(), decoded + res.shift[None], atol=1e-5)
-        np.testing.assert_allclose(plain.decoded(), decoded, atol=1e-6)
+        # the feature stacking moves every decoded draw of a patient by beta (ridge's features - their mean)
+        point, beta = res.fstack
+        assert point.shape == res.shift.shape and 0 <= beta <= 1 and res.settings["feature_stacking"] == round(beta, 4)
+
+        def stacked(x):
+            return x + beta * (point[None] - x.mean(0, keepdims=True))
+
+        np.testing.assert_allclose(res.decoded(), stacked(decoded + res.shift[None]), atol=1e-5)
+        np.testing.assert_allclose(plain.decoded(), stacked(decoded), atol=1e-5)
+        spread = res.decoded() - res.decoded().mean(0)
+        np.testing.assert_allclose(spread, decoded - decoded.mean(0), atol=1e-4)  # the spread is kept
         # aggregated: the mean of the decoded draws (a PCA encoder here, so also decode(mean latent))
         frame = res.to_frame(decode=True, aggregate=True)
         np.testing.assert_allclose(frame[enc.preprocessor_.features_].to_numpy(), res.decoded().mean(0), atol=1e-4)
@@ -336,6 +345,28 @@ def test_decoded_draws_get_the_experts_residual_shift(world, tmp_path, capsys):
                                expert.head_shift(conds).numpy(), atol=1e-5)
     assert prepare_generation(small, "rppa", ["rnaseq"], source, **PAPER_MODE).shift is None
     assert prepare_generation(small, "rppa", ["rnaseq"], source, method="multi").shift is None
+    # the feature stacking: the expert's ridge to the features and its beta; two experts composed like the
+    # residual heads; off without the stacking, in paper mode and for the multi-condition model
+    job = prepare_generation(small, "rppa", ["rnaseq"], source)
+    np.testing.assert_allclose(job.fstack[0], expert.fstack(conds).numpy(), atol=1e-5)
+    assert job.fstack[1] == expert.fstack_beta
+    pair = prepare_generation(small, "rppa", ["rnaseq", "cna"], source)
+    both = {e.source: e for e in (source.model(i, encoders) for i in pair.models)}
+    f = {m: e.fstack([torch.as_tensor(encoders[m].encode_cohort(small, pair.samples).to_numpy())]).numpy()
+         for m, e in both.items()}
+    prior = np.mean([e.fstack.prior.numpy() for e in both.values()], axis=0)
+    w = dict(zip(pair.models, pair.weights))
+    np.testing.assert_allclose(pair.fstack[0], prior + sum(w[e.id] * (f[m] - prior) for m, e in both.items()), atol=1e-4)
+    for off in (dict(stacking=False), PAPER_MODE, dict(method="multi")):
+        assert prepare_generation(small, "rppa", ["rnaseq"], source, **off).fstack is None
+    # with beta = 0.5 the mean of a patient's decoded draws is halfway to the point; one draw is left as it is
+    res = generate_missing(small, "rppa", ["rnaseq"], source, draws=4, seed=2)
+    point = np.random.default_rng(0).standard_normal(res.shift.shape).astype(np.float32)
+    half = decoded_draws(enc, res.draws, res.shift, (point, 0.5))
+    own = decoded_draws(enc, res.draws, res.shift)
+    np.testing.assert_allclose(half.mean(0), 0.5 * own.mean(0) + 0.5 * point, atol=1e-4)
+    np.testing.assert_allclose(half - half.mean(0), own - own.mean(0), atol=1e-4)
+    np.testing.assert_array_equal(decoded_draws(enc, res.draws[:1], res.shift, (point, 0.5)), own[:1])
     # the CLI writes the same decoded values, streamed
     out = tmp_path / "d.csv"
     code, _, err = run(["generate", "--target", "rppa", "--have", "rnaseq", "--cohort", str(cohort_dir), "--models",

@@ -159,11 +159,11 @@ def stream(job, draws: int, seed: int, out: Path, diagnostics: Optional[Path], d
         with progress(f"generating {job.target} ({job.method})", batches) as update:
             for i, (first, rows, gen) in enumerate(job.chunks(draws, seed), 1):
                 x = gen.draws.cpu().numpy()
-                shift = None if job.shift is None else job.shift[rows]
-                acc.add(rows, gen, decoded_draws(enc, x, shift) if acc.feature_total is not None else None)
+                shift, fstack = job.decoding(rows)
+                acc.add(rows, gen, decoded_draws(enc, x, shift, fstack) if acc.feature_total is not None else None)
                 if not aggregate:
                     table.write(draws_frame(job.target, enc, samples[rows], x, np.arange(first, first + x.shape[0]),
-                                            decode, shift).set_index("sample"))
+                                            decode, shift, fstack).set_index("sample"))
                 update(i)
         diag = acc.diagnostics(job.samples, job.imputation)
         if aggregate:

@@ -123,6 +123,7 @@ class EvalData:
                                    patients=list(self.test_ids), draws=draws, seed=seed)
             self.cache[key] = res.draws
             self.cache[("shift", *key)] = res.shift
+            self.cache[("fstack", *key)] = res.fstack
             self.timings[f"generate {method} {label(have)}->{target}"] = round(time.perf_counter() - t0, 2)
         return self.cache[key]
 
@@ -253,8 +254,11 @@ def feature_space(data: EvalData, draws: int = 50, seed: int = 0, method: str = 
     Per target x conditioning set: the feature-space R^2 (over observed cells) of
     - ``decoded mean``: what ``generate --decode --aggregate`` and ``cohere complete`` return:
       the mean of ``draws`` generated latents (``method``), each decoded, plus the experts'
-      residual shift when they have residual heads (:func:`cohere.generation.residual_shift`);
-    - ``decoded latent mean``: the same without the residual shift;
+      residual shift when they have residual heads (:func:`cohere.generation.residual_shift`),
+      stacked with their ridge to the features when they have the feature stacking
+      (:func:`cohere.generation.feature_stacking`);
+    - ``decoded mean, no feature stacking``: the same without the feature stacking;
+    - ``decoded latent mean``: the same without the residual shift either;
     - ``mean latent, decoded``: decode(the mean latent) plus the residual shift. The decoder
       is not linear, so this is not the mean of the decoded draws; kept to show what the
       choice is worth;
@@ -287,10 +291,13 @@ def feature_space(data: EvalData, draws: int = 50, seed: int = 0, method: str = 
             correction = RidgeImputer().fit(X, residual).predict(Xt)
             gen = data.generated(target, have, method, draws, seed)
             shift = data.cache.get(("shift", target, tuple(have), method, draws, seed))
+            fstack = data.cache.get(("fstack", target, tuple(have), method, draws, seed))
+            output = decoded_draws(enc, gen, shift, fstack).mean(0, dtype=np.float64)
             decoded = decoded_draws(enc, gen).mean(0, dtype=np.float64)
             shift = 0.0 if shift is None else shift
             rows.append({"target": target, "conditions": label(have), "draws": draws,
-                         "decoded mean": M.observed_r2(test_truth, decoded + shift),
+                         "decoded mean": M.observed_r2(test_truth, output),
+                         "decoded mean, no feature stacking": M.observed_r2(test_truth, decoded + shift),
                          "decoded latent mean": M.observed_r2(test_truth, decoded),
                          "mean latent, decoded": M.observed_r2(
                              test_truth, enc.decode(gen.mean(0)).to_numpy(np.float64) + shift),
