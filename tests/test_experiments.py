@@ -141,12 +141,32 @@ def test_pooled_scores_average_the_forests_outputs(data, forests):
     assert forests.scores([real, blank])["stage_f1"] == pytest.approx(expect)
 
 
+def test_paired_bootstrap_of_two_completions(data, forests):
+    from cohere.evaluation.experiments import completion_against_knn
+
+    ids = data.test_ids
+    real = forests.features({m: data.test[m].to_numpy() for m in MODS}, ids)
+    blank = forests.features({}, ids)
+    same = forests.paired_difference(real, real, n_resamples=200)
+    assert same == {"stage_f1": (0.0, 0.0, 0.0), "os_cindex": (0.0, 0.0, 0.0)}  # a completion against itself
+    d = forests.paired_difference(real, blank, n_resamples=200)
+    full, none = forests.scores(real), forests.scores(blank)
+    for metric, (diff, lo, hi) in d.items():
+        assert diff == pytest.approx(full[metric] - none[metric]) and lo <= diff <= hi and lo < hi
+    assert forests.paired_difference(real, blank, n_resamples=200) == d  # seeded
+    table = completion_against_knn(data, forests, runs=2, n_resamples=100)
+    assert len(table) == 6 * 2 * 2  # removed sets with something kept x {MI pooled, mean of draws} x 2 metrics
+    assert set(table.completion) == {"coherent (MI pooled)", "coherent (mean of draws)"}
+    assert (table["95% low"] <= table["minus knn"]).all() and (table["minus knn"] <= table["95% high"]).all()
+
+
 def test_feature_space_against_ridge_and_ceiling(data):
     from cohere.evaluation.experiments import feature_space
 
     df = feature_space(data, draws=3)
     assert len(df) == 3 * 3 and set(df.target) == set(MODS)
-    cols = ["decoded mean", "decoded latent mean", "mean latent, decoded", "decoded latent mean + joint residual ridge",
+    cols = ["decoded mean", "decoded mean, no feature stacking", "decoded latent mean", "mean latent, decoded",
+            "decoded latent mean + joint residual ridge",
             "ridge -> features", "ridge -> latent, decoded"]
     assert np.isfinite(df[cols].to_numpy()).all()
     # nothing decoded from a latent beats the encoder's own reconstruction of the truth
@@ -179,12 +199,13 @@ def test_run_all_writes_the_report(data, tmp_path):
                     "5. Counterfactual", "6. Privacy"):
         assert heading in text
     for f in ("reconstruction.csv", "feature_space.csv", "privacy_runs.csv", "privacy_dcr.csv", "signal.csv", "downstream.csv",
-              "counterfactual_auc.csv", "meta.json"):
+              "downstream_vs_knn.csv", "counterfactual_auc.csv", "meta.json"):
         assert (tmp_path / f).is_file()
     pytest.importorskip("matplotlib")
     assert (tmp_path / "manifold.png").is_file() and (tmp_path / "rank_histograms.png").is_file()
     assert (tmp_path / "counterfactual.png").is_file()
     assert "issue 10's goals" in text
+    assert "Generated completion minus KNN imputation" in text and "OS C-index − KNN" in text
 
 
 def test_cli_evaluate_and_prioritize(setup, tmp_path, capsys):

@@ -124,6 +124,9 @@ def run_all(data: E.EvalData, out: str | Path, plan: Plan | None = None, context
     models = timed("downstream forests", lambda: E.DownstreamModels(data, plan.forests).fit()) \
         if need_forests else None
     results["downstream"] = timed("downstream", lambda: E.completion(data, models, runs=plan.draws, seed=plan.seed))
+    if results["downstream"] is not None:
+        results["downstream_ci"] = timed("downstream intervals", lambda: E.completion_against_knn(
+            data, models, runs=plan.draws, seed=plan.seed))
     if plan.cf_modality in data.modalities:
         results["counterfactual"] = timed("counterfactual", lambda: E.counterfactual(
             data, models, plan.cf_modality, repeats=plan.cf_repeats, orders=plan.cf_orders, draws=plan.draws,
