@@ -612,14 +612,20 @@ class DownstreamModels:
         risk = np.mean([self.rsf_.predict(x[oks]) for x in copies], axis=0)
         return self.stage_.classes_[proba.argmax(1)], risk
 
-    def score_predictions(self, label, risk, stage_rows=None, surv_rows=None) -> dict:
-        """Macro F1 and C-index of :meth:`predict`'s output, on all its patients or on the
-        (resampled) positions ``stage_rows`` / ``surv_rows`` into them."""
-        _, stage = self.stage_targets()
-        _, t, e = self.surv_targets()
-        a = slice(None) if stage_rows is None else stage_rows
-        b = slice(None) if surv_rows is None else surv_rows
-        return {"stage_f1": M.macro_f1(stage[a], label[a]), "os_cindex": M.concordance_index(t[b], e[b], risk[b])}
+    def score_predictions(self, label, risk, stage_rows=None, surv_rows=None,
+                          metrics=("stage_f1", "os_cindex")) -> dict:
+        """Macro F1 and C-index (or only those of ``metrics``) of :meth:`predict`'s output, on all
+        its patients or on the (resampled) positions ``stage_rows`` / ``surv_rows`` into them."""
+        out = {}
+        if "stage_f1" in metrics:
+            _, stage = self.stage_targets()
+            a = slice(None) if stage_rows is None else stage_rows
+            out["stage_f1"] = M.macro_f1(stage[a], label[a])
+        if "os_cindex" in metrics:
+            _, t, e = self.surv_targets()
+            b = slice(None) if surv_rows is None else surv_rows
+            out["os_cindex"] = M.concordance_index(t[b], e[b], risk[b])
+        return out
 
     def paired_difference(self, X_a, X_b, n_resamples: int = 2000, seed: int = 0) -> dict:
         """{metric: (difference, 95% low, 95% high)}: stage macro F1 and OS C-index of the
@@ -636,6 +642,7 @@ class DownstreamModels:
             def diff(rows, metric=metric):
                 rows = np.asarray(rows, dtype=np.intp)
                 kw = {"stage_rows": rows} if metric == "stage_f1" else {"surv_rows": rows}
+                kw["metrics"] = (metric,)
                 return self.score_predictions(*pa, **kw)[metric] - self.score_predictions(*pb, **kw)[metric]
 
             ci = bootstrap((np.arange(n),), diff, vectorized=False, n_resamples=n_resamples, method="percentile",
