@@ -208,10 +208,17 @@ def residual_shift(experts: list[Expert], conds: dict, weights: list[float]) -> 
     mean of the residuals (h_1 for one expert; the weighted mean for the average)."""
     if any(e.head is None for e in experts):
         return None
-    h = torch.stack([e.head_shift([torch.as_tensor(conds[e.source], dtype=torch.float32)]) for e in experts])
-    m = torch.stack([e.head.prior for e in experts]).mean(0)
+    return _compose_ridges([e.head for e in experts], experts, conds, weights)
+
+
+def _compose_ridges(ridges: list, experts: list[Expert], conds: dict, weights: list[float]) -> torch.Tensor:
+    """(n, F) the experts' ridge predictions r_i(c_i) (``ridges``: one RidgeMean each),
+    composed as the consensus composes the noise predictions: m + sum_i w_i (r_i - m), m the
+    mean of their training means."""
+    r = torch.stack([ridge([torch.as_tensor(conds[e.source], dtype=torch.float32)]) for ridge, e in zip(ridges, experts)])
+    m = torch.stack([ridge.prior for ridge in ridges]).mean(0)
     w = torch.tensor(weights, dtype=torch.float32)
-    return m + (w[:, None, None] * (h - m)).sum(0)
+    return m + (w[:, None, None] * (r - m)).sum(0)
 
 
 def feature_stacking(experts: list[Expert], conds: dict, weights: list[float]) -> tuple | None:
@@ -224,11 +231,8 @@ def feature_stacking(experts: list[Expert], conds: dict, weights: list[float]) -
     mean of the beta_i."""
     if any(e.fstack is None for e in experts):
         return None
-    f = torch.stack([e.fstack([torch.as_tensor(conds[e.source], dtype=torch.float32)]) for e in experts])
-    m = torch.stack([e.fstack.prior for e in experts]).mean(0)
-    w = torch.tensor(weights, dtype=torch.float32)
-    beta = float(sum(wi * e.fstack_beta for wi, e in zip(weights, experts)) / float(w.sum()))
-    return m + (w[:, None, None] * (f - m)).sum(0), beta
+    beta = float(sum(wi * e.fstack_beta for wi, e in zip(weights, experts)) / float(sum(weights)))
+    return _compose_ridges([e.fstack for e in experts], experts, conds, weights), beta
 
 
 def stacked_mean(experts: list[Expert], conds: dict, weights: list[float]) -> tuple | None:
