@@ -894,7 +894,7 @@ def add_feature_stacking(expert: Expert, target_encoder, source_latents, target_
             draws = recenter(draws, expert.stack_point([cv]), expert.stack_alpha)
         K, n, d = draws.shape
         decoded = target_encoder.decode(draws.reshape(K * n, d).numpy()).to_numpy(np.float64).reshape(K, n, -1)
-        decoded += expert.head_shift([cv]).double().numpy()[None]
+        decoded = decoded + expert.head_shift([cv]).double().numpy()[None]  # decode may return a read-only view
         point = ridge([cv]).double().numpy()
     mean = decoded.mean(0)
     beta = feature_stack_weight(features[va], mean, point)

@@ -428,7 +428,9 @@ class _LinearDecoder:
         self.A = np.random.default_rng(seed).standard_normal((d, 7)) / np.sqrt(d)
 
     def decode(self, z):
-        return pd.DataFrame(np.asarray(z, np.float64) @ self.A)
+        out = np.asarray(z, np.float64) @ self.A
+        out.flags.writeable = False  # as some encoders' decode returns (the demo's did)
+        return pd.DataFrame(out, copy=False)
 
 
 def test_feature_stack_weight_keeps_the_better_of_the_two_means():
