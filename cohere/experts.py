@@ -759,7 +759,7 @@ class Expert(_DiffusionModel):
         ``target_residuals`` (n, F), the same samples' target features minus the decoded
         target latents (:func:`cohere.training.feature_residuals`): the residual head is fitted
         to them (:func:`fit_head`); with the ``target_encoder`` too, the feature stacking
-        (:func:`fit_feature_stacking`)."""
+        (:func:`add_feature_stacking`)."""
         config = TrainConfig() if config is None else config
         schedule = NoiseSchedule() if schedule is None else schedule
         if source == target:
@@ -833,7 +833,6 @@ def add_head(expert: Expert, source_latents, target_residuals) -> Expert:
                          head=fit_head(source_latents, target_residuals))
 
 
-
 # the grid of feature-stacking weights beta (0 = the decoded draws' own mean, 1 = ridge's features)
 FEATURE_BETAS = tuple(round(b, 2) for b in np.linspace(0.0, 1.0, 11))
 
@@ -904,6 +903,7 @@ def add_feature_stacking(expert: Expert, target_encoder, source_latents, target_
                | {"n": int(n), "draws": int(K)}}
     return _fitted_after(expert, {"feature_stacking": True} if record else {}, fstack=ridge, fstack_beta=beta,
                          metrics=metrics)
+
 
 def recalibrate(model: "_DiffusionModel", target_latents, source_latents: Mapping[str, object],
                 stacking: bool | None = None) -> "_DiffusionModel":

@@ -48,9 +48,8 @@ def main() -> int:
     from cohere.training import make_jobs
 
     def stale(model) -> bool:
-        return model.sampler_steps != SAMPLER_STEPS or (isinstance(model, Expert) and
-                                                          (model.stack is None or model.head is None or
-                                                                                  model.fstack is None))
+        lacks = isinstance(model, Expert) and None in (model.stack, model.head, model.fstack)
+        return model.sampler_steps != SAMPLER_STEPS or lacks
 
     todo = [(folder, model) for folder, model in ((f, load_model(f)) for f in list_models(args.models))
             if isinstance(model, (Expert, MultiConditionModel)) and stale(model)]

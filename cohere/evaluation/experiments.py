@@ -656,6 +656,28 @@ def months(days) -> np.ndarray:
     return np.maximum(1.0, np.ceil(np.asarray(days, dtype=np.float64) / DAYS_PER_MONTH))
 
 
+def imputed(data: EvalData, kept, removed, imputer) -> dict[str, np.ndarray]:
+    """{m: (n_test, d)} each modality of ``removed`` imputed for the test patients from the
+    ``kept`` ones by ``imputer`` (a baseline class), fitted on the training patients."""
+    out = {}
+    for m in removed:
+        X, Y = data.train_pairs(kept, m)
+        out[m] = imputer().fit(X, Y).predict(data.test_matrix(kept))
+    return out
+
+
+def generated_completions(data: EvalData, models: DownstreamModels, base: dict, removed, method: str, runs: int,
+                          seed: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """The test patients' features with ``base`` {m: latents} kept and ``removed`` completed by
+    ``method`` (:meth:`EvalData.completed`): the ``runs`` completed copies (draw k in copy k)
+    and the one completed with the mean of the draws."""
+    ids = data.test_ids
+    gens = data.completed(removed, method, max(runs, 2), seed)
+    copies = [models.features({**base, **{m: g[run] for m, g in gens.items()}}, ids) for run in range(runs)]
+    mean = models.features({**base, **{m: g[:runs].mean(0) for m, g in gens.items()}}, ids)  # generate --aggregate
+    return copies, mean
+
+
 def completion(data: EvalData, models: DownstreamModels, runs: int = 10, seed: int = 0,
                methods=("multi", "coherent")) -> pd.DataFrame:
     """For every non-empty set R of removed modalities: full, ablated (R missing), generated
@@ -678,21 +700,15 @@ def completion(data: EvalData, models: DownstreamModels, runs: int = 10, seed: i
         if not kept:
             continue
         for method in methods:
-            gens = data.completed(removed, method, max(runs, 2), seed)
-            copies = [models.features({**base, **{m: g[run] for m, g in gens.items()}}, ids)
-                      for run in range(runs)]
+            copies, mean = generated_completions(data, models, base, removed, method, runs, seed)
             for run, X in enumerate(copies):
                 rows.append({"removed": label(removed), "condition": method, "run": run, **models.scores(X)})
             rows.append({"removed": label(removed), "condition": f"{method} (MI pooled)", "run": 0,
                          **models.scores(copies)})
-            mean = {**base, **{m: g[:runs].mean(0) for m, g in gens.items()}}  # what generate --aggregate writes
             rows.append({"removed": label(removed), "condition": f"{method} (mean of draws)", "run": 0,
-                         **models.scores(models.features(mean, ids))})
+                         **models.scores(mean)})
         for name, imputer in (("mean-imputed", MeanImputer), ("knn-imputed", KNNRegressorImputer)):
-            lat = dict(base)
-            for m in removed:
-                X, Y = data.train_pairs(kept, m)
-                lat[m] = imputer().fit(X, Y).predict(data.test_matrix(kept))
+            lat = {**base, **imputed(data, kept, removed, imputer)}
             rows.append({"removed": label(removed), "condition": name, "run": 0,
                          **models.scores(models.features(lat, ids))})
     return pd.DataFrame(rows)
@@ -713,18 +729,10 @@ def completion_against_knn(data: EvalData, models: DownstreamModels, runs: int =
         if not kept:
             continue
         base = {m: real[m] for m in kept}
-        knn = dict(base)
-        for m in removed:
-            X, Y = data.train_pairs(kept, m)
-            knn[m] = KNNRegressorImputer().fit(X, Y).predict(data.test_matrix(kept))
-        gens = data.completed(removed, method, max(runs, 2), seed)
-        completions = {
-            f"{method} (MI pooled)": [models.features({**base, **{m: g[run] for m, g in gens.items()}}, ids)
-                                      for run in range(runs)],
-            f"{method} (mean of draws)": models.features({**base, **{m: g[:runs].mean(0) for m, g in gens.items()}},
-                                                         ids)}
-        for name, X in completions.items():
-            d = models.paired_difference(X, models.features(knn, ids), n_resamples, seed)
+        knn = models.features({**base, **imputed(data, kept, removed, KNNRegressorImputer)}, ids)
+        copies, mean = generated_completions(data, models, base, removed, method, runs, seed)
+        for name, X in ((f"{method} (MI pooled)", copies), (f"{method} (mean of draws)", mean)):
+            d = models.paired_difference(X, knn, n_resamples, seed)
             for metric, (diff, lo, hi) in d.items():
                 rows.append({"removed": label(removed), "completion": name, "metric": metric,
                              "minus knn": diff, "95% low": lo, "95% high": hi})
