@@ -289,3 +289,30 @@ def test_progress_leaves_stdout_alone(capsys):
             for i in range(3):
                 update(i + 1)
     assert capsys.readouterr().out == ""
+
+
+def test_demo_runs_end_to_end_and_writes_what_it_says(tmp_path, capsys, monkeypatch):
+    """The whole ``cohere demo`` on a small simulated cohort with a tiny recipe: every stage runs
+    (encoders, 16 models with their calibration, stacking and feature stacking, generation of
+    every missing modality, decoding, scoring), so that a defect in any of them fails here and
+    not first in a user's hands (the suite's other tests call these stages one by one)."""
+    import cohere.cli.demo as demo_cli
+
+    monkeypatch.setattr(demo_cli, "DEMO_RECIPE", {**demo_cli.DEMO_RECIPE, "steps": 40, "eval_every": 20,
+                                                  "hidden": 32, "layers": 1, "val_steps": 4})
+    monkeypatch.setattr(demo_cli, "DEMO_ENCODER_EPOCHS", 2)
+    out = tmp_path / "demo"
+    code, text, err = run(["demo", "--out", str(out), "--patients", "300", "--draws", "2"], capsys)
+    assert code in (0, None), err
+    rows = {line.split()[0]: line.split() for line in text.splitlines()
+            if line.split() and line.split()[0] in ("cna", "rnaseq", "rppa", "wsi") and len(line.split()) == 6}
+    assert set(rows) == {"cna", "rnaseq", "rppa", "wsi"}, text
+    for m, (_, patients, *scores) in rows.items():
+        generated = pd.read_parquet(out / "generated" / f"{m}.parquet")
+        assert len(generated) == int(patients) > 0
+        assert generated.notna().all().all()
+        assert all(s.replace(".", "", 1).lstrip("-").isdigit() for s in scores), rows[m]
+        present = pd.read_parquet(out / "cohort" / f"{m}.parquet").index
+        assert not generated.index.isin(present).any()  # only the patients missing it
+    assert len(list((out / "models" / "experts").iterdir())) == 16
+    assert f"cohere experts list --models {out / 'models'}" in text
