@@ -128,6 +128,107 @@ class StackMean(RidgeMean):
         return {**RidgeMean.shapes(d, c, prefix), f"{prefix}.residual_cov": (d, d), f"{prefix}.prior_cov": (d, d)}
 
 
+# the clinical covariate the stacking may use: every TCGA-like cohort records it (clinical.csv)
+COVARIATE = "cancer_type"
+
+
+def covariate_values(clinical: pd.DataFrame | None, ids) -> np.ndarray:
+    """(n,) the patients' ``COVARIATE`` as strings, "" where unknown (no clinical table, no such
+    column, a missing value or a patient absent from it)."""
+    if clinical is None or COVARIATE not in clinical.columns:
+        return np.full(len(ids), "", dtype=object)
+    v = clinical[COVARIATE].reindex(pd.Index(ids))
+    return np.where(v.isna().to_numpy(), "", v.astype(str).to_numpy()).astype(object)
+
+
+def _covariates(covariates, n: int) -> np.ndarray | None:
+    """``covariates`` as (n,) strings ("" = unknown), or None; refused if not one per row."""
+    if covariates is None:
+        return None
+    v = np.asarray(covariates, dtype=object).reshape(-1)
+    if len(v) != n:
+        raise CohereError(f"covariates: expected one cancer type per row ({n}), got {len(v)}")
+    return np.array(["" if t is None or (isinstance(t, float) and math.isnan(t)) else str(t) for t in v],
+                    dtype=object)
+
+
+class TypedStackMean(StackMean):
+    """A :class:`StackMean` whose ridge also sees the patient's cancer type, one-hot (``types``,
+    the training rows' types, sorted): x ~ W [c, z] + b. Why: in TCGA the cancer type alone
+    predicts the rppa latent better (R^2 0.13) than the cna latent does (0.035), and neither
+    ridge nor the networks recover it from the latents (``scripts/covariate_gain.py``). A
+    patient of unknown type gets the training frequencies of the types instead of a one-hot,
+    the linear model's average over them. It also holds the ridge of the target on the type
+    alone (``type_weight``, ``type_bias``) and the covariance of its residuals (``prior_cov``):
+    the prior over which several experts' predictions are composed
+    (:func:`cohere.generation.stacked_mean`), so that the type is counted once, not once per
+    expert. Tensors as :class:`StackMean`'s (``stack.weight`` (d, c + T)) plus
+    ``stack.type_weight`` (d, T), ``stack.type_bias`` (d,), ``stack.type_freq`` (T,)."""
+
+    def __init__(self, weight, bias, prior, residual_cov, prior_cov, type_weight, type_bias, type_freq, types):
+        super().__init__(weight, bias, prior, residual_cov, prior_cov)
+        self.type_weight, self.type_bias, self.type_freq = (torch.as_tensor(t, dtype=torch.float32)
+                                                            for t in (type_weight, type_bias, type_freq))
+        self.types = [str(t) for t in types]
+
+    @staticmethod
+    def vocabulary(types) -> list[str]:
+        """The sorted known types (non-empty strings) of ``types``."""
+        return sorted({str(t) for t in types if isinstance(t, str) and t})
+
+    def onehot(self, types) -> torch.Tensor:
+        """(n, T) one-hot rows of ``types`` (n,) strings; the training frequencies where a type
+        is unknown ("" or not among :attr:`types`)."""
+        index = {t: i for i, t in enumerate(self.types)}
+        z = self.type_freq.repeat(len(types), 1)
+        rows = [(r, index[t]) for r, t in enumerate(types) if t in index]
+        if rows:
+            r, c = zip(*rows)
+            z[list(r)] = 0.0
+            z[list(r), list(c)] = 1.0
+        return z
+
+    @classmethod
+    def fit(cls, c: np.ndarray, x: np.ndarray, types=None) -> "TypedStackMean":
+        types = np.asarray(types, dtype=object)
+        vocab = cls.vocabulary(types)
+        if len(types) != len(x) or not vocab:
+            raise CohereError(f"covariates: expected {len(x)} cancer types with at least one known, got "
+                              f"{len(types)} ({len(vocab)} known)")
+        known = np.isin(types, vocab)
+        z = (types[:, None] == np.asarray(vocab, dtype=object)[None, :]).astype(np.float64)  # (n, T)
+        freq = z[known].mean(0)
+        z[~known] = freq
+        joint = StackMean.fit(np.hstack([np.asarray(c, np.float64), z]), x)
+        alone = StackMean.fit(z, x)
+        return cls(joint.weight, joint.bias, joint.prior, joint.residual_cov, alone.residual_cov, alone.weight,
+                   alone.bias, freq, vocab)
+
+    def __call__(self, conds, mask=None, types=None) -> torch.Tensor:
+        c = conds[0]
+        z = self.onehot([""] * len(c) if types is None else list(types)).to(c.device)
+        return super().__call__([torch.cat([c, z.to(c.dtype)], dim=1)], mask)
+
+    def prior_mean(self, types) -> torch.Tensor:
+        """(n, d) the target's mean given the type alone (the composition's prior mean)."""
+        return self.onehot(list(types)) @ self.type_weight.T + self.type_bias
+
+    def tensors(self, prefix: str = "stack") -> dict[str, torch.Tensor]:
+        return {**super().tensors(prefix), f"{prefix}.type_weight": self.type_weight,
+                f"{prefix}.type_bias": self.type_bias, f"{prefix}.type_freq": self.type_freq}
+
+    @staticmethod
+    def shapes(d: int, c: int, prefix: str = "stack", n_types: int = 1) -> dict[str, tuple[int, ...]]:
+        return {**StackMean.shapes(d, c + n_types, prefix), f"{prefix}.type_weight": (d, n_types),
+                f"{prefix}.type_bias": (d,), f"{prefix}.type_freq": (n_types,)}
+
+
+def stack_point(stack: StackMean, conds, types=None) -> torch.Tensor:
+    """(n, d) ``stack``'s prediction for the condition latents ``conds`` (a list of one (n, c)
+    tensor) and, for a :class:`TypedStackMean`, the rows' cancer ``types`` (None: unknown)."""
+    return stack(conds, types=types) if isinstance(stack, TypedStackMean) else stack(conds)
+
+
 # the grid of stacking weights alpha (1 = the network's mean alone, 0 = ridge's)
 STACK_ALPHAS = tuple(round(a, 2) for a in np.linspace(0.0, 1.0, 11))
 
@@ -250,7 +351,7 @@ def calibrate_spread(model: Denoiser, schedule: NoiseSchedule, val, bounds, nois
 @torch.no_grad()
 def held_out_report(model: Denoiser, schedule: NoiseSchedule, val, train, bounds, offset=None,
                     noise_error=None, unconditional: bool = False, seed: int = 0, draws: int = REPORT_DRAWS,
-                    stack: RidgeMean | None = None) -> dict:
+                    stack: RidgeMean | None = None, types=None) -> dict:
     """What a user can judge a model by, on its held-out rows ``val`` = (x0, conds, mask)
     with every condition present: ``draws`` generations per row with the default sampler
     (DDIM, ``SAMPLER_STEPS`` steps, analytic variance) scored by the R^2 of their mean, the
@@ -260,7 +361,8 @@ def held_out_report(model: Denoiser, schedule: NoiseSchedule, val, train, bounds
     much the condition is worth), when it has one. With ``stack`` (the ridge mean of the
     training rows) it also chooses the stacking weight (:func:`stack_weight`) on these rows and
     scores the stacked draws: ``stack_alpha``, ``stacked_r2_mean``, ``stacked_energy`` (the
-    other scores stay those of the network's own draws, which set its consensus weight)."""
+    other scores stay those of the network's own draws, which set its consensus weight).
+    ``types``: the rows' cancer types, for a :class:`TypedStackMean`."""
     from sklearn.linear_model import RidgeCV
 
     x0, conds = _complete(val)
@@ -286,7 +388,7 @@ def held_out_report(model: Denoiser, schedule: NoiseSchedule, val, train, bounds
     if unconditional:
         out["unconditional_energy"] = scores.energy_score(y, sample(0.0))
     if stack is not None:
-        p = stack(conds).double().numpy()
+        p = stack_point(stack, conds, types).double().numpy()
         out["stack_alpha"] = stack_weight(y, x, p)
         xs = recenter(torch.from_numpy(x), torch.from_numpy(p), out["stack_alpha"]).numpy()
         out["stacked_r2_mean"], out["stacked_energy"] = scores.r2(y, xs.mean(0)), scores.energy_score(y, xs)
@@ -441,6 +543,11 @@ class _DiffusionModel:
                                                                   "mean, residual and target covariances) fitted on "
                                                                   "the training rows",
                                "chosen_on": "the held-out rows, by the energy score (metrics.held_out)"}
+            if isinstance(self.stack, TypedStackMean):
+                cfg["stacking"]["covariates"] = {COVARIATE: list(self.stack.types)}
+                cfg["stacking"]["mean"] = ("ridge on the condition latent and the one-hot cancer type (tensors "
+                                           "stack.*; stack.type_*: ridge on the type alone and the types' "
+                                           "training frequencies, used where a patient's type is unknown)")
         if self.kind == "expert":
             cfg["source"] = self.sources[0]
         return cfg
@@ -501,7 +608,19 @@ class _DiffusionModel:
                                      or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1):
             raise CohereError(f"{folder}: unsupported stacking {stacking!r}; cohere experts record "
                               "{'alpha': a number in [0, 1], ...}")
-        stack_shapes = StackMean.shapes(d, dcfg.cond_dims[0]) if stacking is not None else {}
+        covs = stacking.get("covariates") if isinstance(stacking, dict) else None  # before them: none
+        types = covs.get(COVARIATE) if isinstance(covs, dict) else None
+        if covs is not None and (not isinstance(covs, dict) or set(covs) != {COVARIATE} or not isinstance(types, list)
+                                 or not types or not all(isinstance(t, str) and t for t in types)
+                                 or types != sorted(set(types))):
+            raise CohereError(f"{folder}: unsupported stacking covariates {covs!r}; cohere experts record "
+                              f"{{'{COVARIATE}': [the sorted distinct cancer types, non-empty strings]}}")
+        if stacking is None:
+            stack_shapes = {}
+        elif types is None:
+            stack_shapes = StackMean.shapes(d, dcfg.cond_dims[0])
+        else:
+            stack_shapes = TypedStackMean.shapes(d, dcfg.cond_dims[0], n_types=len(types))
         features = cfg.get("residual_head", {}).get("features") if isinstance(cfg.get("residual_head"), dict) else None
         if "residual_head" in cfg and (len(sources) != 1 or isinstance(features, bool) or not isinstance(features, int)
                                        or features < 1):
@@ -521,7 +640,10 @@ class _DiffusionModel:
         tensors = dict(art.tensors)
         bounds = (tensors.pop("x0_bounds.low"), tensors.pop("x0_bounds.high"))
         mean = RidgeMean(*(tensors.pop(k) for k in mean_shapes)) if mean_shapes else None
-        stack = StackMean(*(tensors.pop(k) for k in stack_shapes)) if stack_shapes else None
+        stack = None
+        if stack_shapes:
+            stack = StackMean(*(tensors.pop(k) for k in stack_shapes)) if types is None else \
+                TypedStackMean(*(tensors.pop(k) for k in stack_shapes), types)
         head = RidgeMean(*(tensors.pop(k) for k in head_shapes)) if head_shapes else None
         fstack = RidgeMean(*(tensors.pop(k) for k in fstack_shapes)) if fstack_shapes else None
         noise_error = tensors.pop("noise_error")
@@ -643,14 +765,20 @@ class _DiffusionModel:
         one (n, c) tensor), added to every decoded draw; None for a model without one."""
         return None if self.head is None else self.head(conds)
 
-    def stack_point(self, conds: Sequence[torch.Tensor]) -> torch.Tensor | None:
+    def stack_point(self, conds: Sequence[torch.Tensor], types=None) -> torch.Tensor | None:
         """(n, d) ridge's prediction for the condition latents ``conds`` (a list of one (n, c)
-        tensor), the point the draws' mean is stacked with; None for a model without stacking."""
-        return None if self.stack is None else self.stack(conds)
+        tensor) and, when the stacking uses it, the rows' cancer ``types`` (n,) (None or "":
+        unknown), the point the draws' mean is stacked with; None for a model without stacking."""
+        return None if self.stack is None else stack_point(self.stack, conds, types)
+
+    @property
+    def covariate_types(self) -> list[str] | None:
+        """The cancer types the stacking knows (:class:`TypedStackMean`), or None."""
+        return self.stack.types if isinstance(self.stack, TypedStackMean) else None
 
     @staticmethod
     def _train(x0, conds, mask, config, schedule, search: int, progress, mean: bool = False, run_trials=None,
-               stack: bool = False):
+               stack: bool = False, covariates=None):
         """Carve out the validation rows, fit the ridge mean on the others (``mean``), and
         train (or search) with checkpoints scored by :func:`validation_scorer`; then
         :meth:`_finish`. Returns (result, search trials or None, RidgeMean or None,
@@ -673,16 +801,19 @@ class _DiffusionModel:
                                  offset=ridge, score=score)
             trials = None
         return (res, trials, ridge, *_DiffusionModel._finish(res.model, x0, conds, mask, config, schedule, ridge,
-                                                              stack, (tr, va)))
+                                                              stack, (tr, va), covariates=covariates))
 
     @staticmethod
-    def _finish(model, x0, conds, mask, config, schedule, ridge, stack: bool, split=None, check_profile=None):
+    def _finish(model, x0, conds, mask, config, schedule, ridge, stack: bool, split=None, check_profile=None,
+                covariates=None):
         """What follows the training of the network, on its held-out rows (``split`` = (train
         rows, held-out rows); by default the recipe's :func:`split_validation`): the
         noise-error profile, the calibrated spread, the stacking ridge (``stack``: fitted on the
         training rows) and the :func:`held_out_report` that also chooses its weight.
         ``check_profile(profile)`` runs on the profile before the rest (the slow part), and may
-        refuse. Returns (profile, spread, report, stacking RidgeMean or None)."""
+        refuse. ``covariates``: the rows' cancer types (:func:`covariate_values`); with a known
+        one among the training rows the stacking ridge also sees it (:class:`TypedStackMean`).
+        Returns (profile, spread, report, stacking RidgeMean or None)."""
         if split is None:
             presence = torch.ones(len(x0), len(conds)) if mask is None else torch.as_tensor(mask, dtype=torch.float32)
             split = split_validation(presence, config.val_fraction, config.seed)
@@ -696,11 +827,19 @@ class _DiffusionModel:
             check_profile(profile)
         spread = calibrate_spread(model, schedule, val, bounds, profile, ridge, seed=config.seed)
         full = tr if mask is None else tr[(mask[tr] > 0).all(1)]  # training rows with every condition
-        stacking = StackMean.fit(conds[0][tr], x0[tr]) if stack else None
+        types = None if covariates is None else np.asarray(covariates, dtype=object)
+        if types is not None and not TypedStackMean.vocabulary(types[tr]):
+            types = None  # no training row of known type: the type-free stacking
+        if not stack:
+            stacking = None
+        elif types is None:
+            stacking = StackMean.fit(conds[0][tr], x0[tr])
+        else:
+            stacking = TypedStackMean.fit(conds[0][tr], x0[tr], types[tr])
         report = held_out_report(model, schedule, val, (x0[full], [tensor(c[full]) for c in conds]), bounds,
                                  ridge, (profile * spread).clamp(max=1.0),
                                  unconditional=mask is not None or config.uncond_prob > 0, seed=config.seed,
-                                 stack=stacking)
+                                 stack=stacking, types=None if types is None or stacking is None else types[va])
         return profile, spread, report, stacking
 
     @staticmethod
@@ -751,7 +890,8 @@ class Expert(_DiffusionModel):
     def fit(cls, source: str, target: str, source_latents, target_latents, encoders: Mapping,
             config: TrainConfig | None = None, schedule: NoiseSchedule | None = None, search: int = 0,
             progress: Callable | None = None, training: Mapping | None = None,
-            run_trials: Callable | None = None, target_residuals=None, target_encoder=None) -> "Expert":
+            run_trials: Callable | None = None, target_residuals=None, target_encoder=None,
+            covariates=None) -> "Expert":
         """Train on paired rows (training split only): ``source_latents`` and
         ``target_latents`` (n, d) of the same samples; ``encoders`` {modality: encoder or
         digest} for source and target. ``search`` > 1: random search over that many configs,
@@ -759,7 +899,9 @@ class Expert(_DiffusionModel):
         ``target_residuals`` (n, F), the same samples' target features minus the decoded
         target latents (:func:`cohere.training.feature_residuals`): the residual head is fitted
         to them (:func:`fit_head`); with the ``target_encoder`` too, the feature stacking
-        (:func:`add_feature_stacking`)."""
+        (:func:`add_feature_stacking`). ``covariates``: the samples' cancer types (n,), ""
+        where unknown (:func:`covariate_values`): the stacking ridge then also sees the type
+        (:class:`TypedStackMean`)."""
         config = TrainConfig() if config is None else config
         schedule = NoiseSchedule() if schedule is None else schedule
         if source == target:
@@ -770,15 +912,17 @@ class Expert(_DiffusionModel):
         if isinstance(source_latents, pd.DataFrame) and isinstance(target_latents, pd.DataFrame):
             if not source_latents.index.equals(target_latents.index):
                 raise CohereError(f"{source} and {target} latents must have the same samples in the same order")
+        covariates = _covariates(covariates, len(c))
         res, trials, mean, profile, spread, report, stack = cls._train(
             x.numpy(), [c.numpy()], None, config, schedule, search, progress, mean=config.mean == "ridge",
-            run_trials=run_trials, stack=True)
+            run_trials=run_trials, stack=True, covariates=covariates)
         metrics, train_info = cls._record(res, trials, training, report)
         head = None if target_residuals is None else fit_head(c.numpy(), target_residuals)
         obj = cls(source, target, res.model, schedule, digests, res.config, metrics, train_info, res.x0_bounds,
                   mean, profile, spread, stack, report.get("stack_alpha", 1.0), head)
         if head is not None and target_encoder is not None:
-            obj = add_feature_stacking(obj, target_encoder, c.numpy(), x.numpy(), target_residuals, record=False)
+            obj = add_feature_stacking(obj, target_encoder, c.numpy(), x.numpy(), target_residuals, record=False,
+                                       covariates=covariates)
         obj.fit_seconds = res.seconds
         return obj
 
@@ -860,7 +1004,7 @@ def feature_stack_weight(y: np.ndarray, decoded_mean: np.ndarray, point: np.ndar
 
 
 def add_feature_stacking(expert: Expert, target_encoder, source_latents, target_latents, target_residuals,
-                         record: bool = True) -> Expert:
+                         record: bool = True, covariates=None) -> Expert:
     """The ``expert`` with its feature stacking fitted, on the rows it was trained on (the
     ``source_latents`` and ``target_latents`` (n, d) and the target's
     :func:`cohere.training.feature_residuals` (n, F), in the same order; the target's
@@ -871,7 +1015,8 @@ def add_feature_stacking(expert: Expert, target_encoder, source_latents, target_
     stacking and residual head included) and decoded. Generation then moves the mean of a
     patient's decoded draws by beta towards ridge's features (every draw by the same vector,
     so their spread is kept). ``record``: add it to the recorded training request (an artifact
-    upgraded after its training). The network is not touched."""
+    upgraded after its training). ``covariates``: the rows' cancer types, for a stacking that
+    uses them. The network is not touched."""
     cfg = expert.train_config
     if cfg is None:
         raise CohereError(f"{expert.id}: the artifact records no training recipe; retrain it")
@@ -890,7 +1035,8 @@ def add_feature_stacking(expert: Expert, target_encoder, source_latents, target_
     with torch.no_grad():
         draws = torch.from_numpy(expert.sample(cv, n_draws=REPORT_DRAWS, seed=cfg.seed + 4))
         if expert.stack is not None:
-            draws = recenter(draws, expert.stack_point([cv]), expert.stack_alpha)
+            types = _covariates(covariates, len(x))
+            draws = recenter(draws, expert.stack_point([cv], None if types is None else types[va]), expert.stack_alpha)
         K, n, d = draws.shape
         decoded = target_encoder.decode(draws.reshape(K * n, d).numpy()).to_numpy(np.float64).reshape(K, n, -1)
         decoded = decoded + expert.head_shift([cv]).double().numpy()[None]  # decode may return a read-only view
@@ -906,7 +1052,7 @@ def add_feature_stacking(expert: Expert, target_encoder, source_latents, target_
 
 
 def recalibrate(model: "_DiffusionModel", target_latents, source_latents: Mapping[str, object],
-                stacking: bool | None = None) -> "_DiffusionModel":
+                stacking: bool | None = None, covariates=None) -> "_DiffusionModel":
     """The ``model`` (an expert or a multi-condition model) recalibrated for this version's
     default sampler (``SAMPLER_STEPS`` steps, the ``SPREADS`` grid): the same
     :meth:`~_DiffusionModel._finish` as training, on the held-out rows its recipe carves out of
@@ -917,7 +1063,9 @@ def recalibrate(model: "_DiffusionModel", target_latents, source_latents: Mappin
     equal the recorded one, checked before the calibration runs. The spread, the held-out
     report and (experts that have it) the stacking weight are chosen anew; the result is the
     artifact a training with this version gives. ``stacking`` (experts): fit the stacking of
-    the mean (True), or keep it as the artifact has it (None: refitted where it has one)."""
+    the mean (True), or keep it as the artifact has it (None: refitted where it has one);
+    ``covariates`` (experts): the rows' cancer types, for a stacking that also sees them
+    (:class:`TypedStackMean`)."""
     cfg = model.train_config
     if cfg is None:
         raise CohereError(f"{model.id}: the artifact records no training recipe; retrain it")
@@ -942,11 +1090,24 @@ def recalibrate(model: "_DiffusionModel", target_latents, source_latents: Mappin
 
     with cpu_threads(cfg):
         _, spread, report, fitted = _DiffusionModel._finish(model.model, x.numpy(), conds, mask, cfg, model.schedule,
-                                                            model.mean, stack, check_profile=same_rows)
+                                                            model.mean, stack, check_profile=same_rows,
+                                                            covariates=_covariates(covariates, len(x)))
     changes = dict(spread=spread, sampler_steps=SAMPLER_STEPS, metrics={**model.metrics, "held_out": report})
+    request = {}
     if stack:
         changes |= dict(stack=fitted, stack_alpha=report["stack_alpha"])
-    return _fitted_after(model, {"stacking": True} if stack else {}, **changes)
+        request["stacking"] = True
+        if isinstance(fitted, TypedStackMean):
+            request["covariates_sha256"] = covariates_digest(covariates)
+    return _fitted_after(model, request, **changes)
+
+
+def covariates_digest(covariates) -> str:
+    """sha256 of the rows' cancer types (in order, "" = unknown): part of a job's request."""
+    import hashlib
+
+    v = _covariates(covariates, len(np.asarray(covariates, dtype=object).reshape(-1)))
+    return hashlib.sha256("\0".join(v).encode()).hexdigest()
 
 
 def residuals_digest(residuals) -> str:

@@ -27,7 +27,7 @@ from .artifacts import read_config
 from .cohort import Cohort
 from .encoders import Encoder, latent_columns, load_encoder
 from .errors import CohereError
-from .experts import SAMPLER_STEPS, Expert, MultiConditionModel, list_models, load_model
+from .experts import COVARIATE, SAMPLER_STEPS, Expert, MultiConditionModel, covariate_values, list_models, load_model
 from .modalities import Imputation, registry
 from .modalities.base import DEFAULT_MIN_COVERAGE
 from .sampling import CONSENSUS, METHODS, VARIANCES, Generation, generate, recenter
@@ -235,7 +235,7 @@ def feature_stacking(experts: list[Expert], conds: dict, weights: list[float]) -
     return _compose_ridges([e.fstack for e in experts], experts, conds, weights), beta
 
 
-def stacked_mean(experts: list[Expert], conds: dict, weights: list[float]) -> tuple | None:
+def stacked_mean(experts: list[Expert], conds: dict, weights: list[float], types=None) -> tuple | None:
     """(point (n, d), alpha) that the mean of every patient's draws is stacked with
     (:func:`cohere.sampling.recenter`), or None when an expert has no stacking (artifacts
     before it). Each expert records ridge's prediction r_i(c_i) with the covariance S_i of its
@@ -247,17 +247,28 @@ def stacked_mean(experts: list[Expert], conds: dict, weights: list[float]) -> tu
     mean P^-1 (P_0 m + sum_i w_i (P_i r_i - P_0 m)), with P_i = S_i^-1. With one expert it is
     r_1; for the average (weights summing to one) the precision-weighted mean of the r_i;
     for sources independent given a Gaussian target, the exact posterior mean. alpha is the
-    weighted mean of the alpha_i."""
+    weighted mean of the alpha_i.
+
+    ``types``: the patients' cancer types (n,), "" where unknown, for experts whose stacking
+    also sees them (:class:`cohere.experts.TypedStackMean`). When every expert's does, the
+    prior is the target given the type alone, N(m(z), S_0(z)): each r_i already holds the
+    type's effect, and a type-free prior would count it once per expert."""
     if any(e.stack is None for e in experts):
         return None
+    n = len(next(iter(conds.values())))
+    types = [""] * n if types is None else list(types)
     w = torch.tensor(weights, dtype=torch.float64)
-    r = torch.stack([e.stack_point([torch.as_tensor(conds[e.source], dtype=torch.float32)]).double()
+    r = torch.stack([e.stack_point([torch.as_tensor(conds[e.source], dtype=torch.float32)], types).double()
                      for e in experts])  # (k, n, d)
     prec = torch.linalg.inv(torch.stack([e.stack.residual_cov for e in experts]).double())  # (k, d, d)
-    m = torch.stack([e.stack.prior for e in experts]).double().mean(0)  # (d,)
+    if all(e.covariate_types is not None for e in experts):
+        m = torch.stack([e.stack.prior_mean(types) for e in experts]).double().mean(0)  # (n, d)
+    else:
+        m = torch.stack([e.stack.prior for e in experts]).double().mean(0).expand(n, -1)  # (n, d)
     p0 = torch.linalg.inv(torch.stack([e.stack.prior_cov for e in experts]).double().mean(0))  # (d, d)
     total = p0 + (w[:, None, None] * (prec - p0)).sum(0)  # (d, d)
-    rhs = p0 @ m + (w[:, None, None] * (torch.einsum("kde,kne->knd", prec, r) - p0 @ m)).sum(0)  # (n, d)
+    p0m = m @ p0.T  # (n, d)
+    rhs = p0m + (w[:, None, None] * (torch.einsum("kde,kne->knd", prec, r) - p0m)).sum(0)  # (n, d)
     point = torch.linalg.solve(total, rhs.T).T.float()
     alpha = float(sum(wi * e.stack_alpha for wi, e in zip(weights, experts)) / float(w.sum()))
     return point, alpha
@@ -265,12 +276,14 @@ def stacked_mean(experts: list[Expert], conds: dict, weights: list[float]) -> tu
 
 def expert_consensus(experts: list[Expert], conds: dict, consensus: str = DEFAULT_CONSENSUS,
                      weighting: str = DEFAULT_WEIGHTING, weights: dict[str, float] | None = None,
-                     device: str = "cpu", stacking: bool = True, residual: bool = True) -> Consensus:
+                     device: str = "cpu", stacking: bool = True, residual: bool = True,
+                     types=None) -> Consensus:
     """Experts ``source->X`` as consensus members for the rows of ``conds`` {source: (n, c)
     latents}: weights by :func:`product_weights` ("product") or :func:`consensus_weights`
     ("average"), experts of weight 0 left out, the unconditional member the product needs (that
     of the expert trained on the most rows), (``stacking``) the :func:`stacked_mean` and
-    (``residual``) the :func:`residual_shift`, and (``stacking``) the :func:`feature_stacking`."""
+    (``residual``) the :func:`residual_shift`, and (``stacking``) the :func:`feature_stacking`.
+    ``types``: the rows' cancer types, for the stacking (:func:`stacked_mean`)."""
     w = product_weights(experts, weights) if consensus == "product" else consensus_weights(experts, weighting, weights)
     kept = [e for e, wi in zip(experts, w) if wi > 0]   # a zero weight has no effect
     kept_w = [wi for wi in w if wi > 0]
@@ -282,7 +295,7 @@ def expert_consensus(experts: list[Expert], conds: dict, consensus: str = DEFAUL
     # network evaluation per expert per step and changed the energy score by at most 0.002 on val
     prior = [max(kept, key=lambda e: e.n_train).prior_member(n)] if consensus == "product" and len(kept) > 1 else []
     bounds = (torch.stack([e.x0_bounds[0] for e in kept]).amin(0), torch.stack([e.x0_bounds[1] for e in kept]).amax(0))
-    stack = stacked_mean(kept, conds, kept_w) if stacking else None
+    stack = stacked_mean(kept, conds, kept_w, types) if stacking else None
     shift = residual_shift(kept, conds, kept_w) if residual else None
     fstack = feature_stacking(kept, conds, kept_w) if stacking else None
     return Consensus(members, prior, [e.id for e in kept], kept_w, kept[0].schedule, bounds, stack, shift, fstack)
@@ -597,8 +610,9 @@ def prepare_generation(
         for e in models:
             if not isinstance(e, Expert) or e.target != target or e.source not in have:
                 raise CohereError(f"{e.id}: not an expert from one of {', '.join(have)} to {target}")
+        types = covariate_values(cohort.clinical, ids)
         c = expert_consensus(models, {m: conds[m] for m in have}, consensus, weighting, weights, device, stacking,
-                             residual)
+                             residual, types)
         members, prior, used, w, schedule, bounds = (c.members, c.prior, c.models, c.weights, c.schedule, c.bounds)
         stack, shift, fstack = c.stack, c.shift, c.fstack
     else:
@@ -627,12 +641,24 @@ def prepare_generation(
                 "stacking": None if stack is None else round(stack[1], 4),
                 "residual": shift is not None,
                 "feature_stacking": None if fstack is None else round(fstack[1], 4),
+                "cancer_type": _type_note(method, models if method == "coherent" else [], stack, types
+                                          if method == "coherent" else None),
                 "imputation": {m: r.to_dict() for m, r in imputation.items()}}
     if stack is not None:
         stack = (stack[0].to(device), stack[1])
     return GenerationJob(target, ids, method, used, w, encoders[target], members, prior, schedule.to(device),
                          options, settings, imputation, stack, None if shift is None else shift.cpu().numpy(),
                          None if fstack is None else (fstack[0].cpu().numpy(), fstack[1]))
+
+
+def _type_note(method: str, models: list, stack, types) -> str | None:
+    """What the settings record of the cancer type: None where the stacking does not use it,
+    else how many patients' types were known to it."""
+    if method != "coherent" or stack is None or not any(e.covariate_types for e in models):
+        return None
+    known = set().union(*(e.covariate_types or [] for e in models))
+    n = sum(1 for t in types if t in known)
+    return f"known for {n} of {len(types)} patients (clinical.csv {COVARIATE}); the others get the types' average"
 
 
 def generate_missing(cohort: Cohort, target: str, have: list[str], source: ModelSource, method: str = "coherent",

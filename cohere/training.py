@@ -34,7 +34,7 @@ from . import __version__
 from .artifacts import load_artifact, write_artifact
 from .diffusion.train import TrainConfig, cpu_threads
 from .errors import CohereError
-from .experts import Expert, MultiConditionModel, model_dir, parse_id, residuals_digest
+from .experts import Expert, MultiConditionModel, covariate_values, covariates_digest, model_dir, parse_id, residuals_digest
 
 MIN_PAIRED = 20  # training samples with both modalities that an expert needs at least
 
@@ -86,6 +86,7 @@ class Job:
     training: dict = field(default_factory=dict)  # recorded in the artifact (cohort, seed, description)
     residuals: pd.DataFrame | None = None  # experts: the target's feature_residuals on the same rows, or None
     target_encoder: object = None  # experts with residuals: the target's encoder, for the feature stacking
+    covariates: np.ndarray | None = None  # experts: the rows' cancer types ("" = unknown), for the stacking, or None
 
     @property
     def id(self) -> str:
@@ -117,6 +118,8 @@ class Job:
             out["residuals_sha256"] = residuals_digest(self.residuals)
             if self.target_encoder is not None:
                 out["feature_stacking"] = True
+        if self.covariates is not None and self.source != "multi":
+            out["covariates_sha256"] = covariates_digest(self.covariates)
         return out
 
     def fit(self, progress: Callable | None = None, run_trials: Callable | None = None):
@@ -131,7 +134,7 @@ class Job:
             return Expert.fit(self.source, self.target, self.latents[self.source], self.latents[self.target],
                               self.encoders, self.config, search=self.search, progress=progress, training=info,
                               run_trials=run_trials, target_residuals=self.residuals,
-                              target_encoder=self.target_encoder)
+                              target_encoder=self.target_encoder, covariates=self.covariates)
 
 
 def feature_residuals(encoder, table: pd.DataFrame, latents: pd.DataFrame) -> pd.DataFrame:
@@ -147,13 +150,16 @@ def feature_residuals(encoder, table: pd.DataFrame, latents: pd.DataFrame) -> pd
 
 def make_jobs(pairs: Iterable[tuple[str, str]], latents: Mapping[str, pd.DataFrame], encoders: Mapping,
               config: TrainConfig, search: int = 0, cohort_name: str = "",
-              tables: Mapping[str, pd.DataFrame] | None = None) -> list[Job]:
+              tables: Mapping[str, pd.DataFrame] | None = None,
+              clinical: pd.DataFrame | None = None) -> list[Job]:
     """One job per (source or 'multi', target) pair, from the training split's latents
     {modality: DataFrame} and the encoders ({modality: encoder or digest}). Every pair is
     checked before any job is made: an expert needs ``MIN_PAIRED`` samples with both. With the
     cohort's ``tables`` {modality: DataFrame} (and encoder objects), experts also get the
     target's :func:`feature_residuals` on their rows, for their residual head, and the
-    target's encoder, for their feature stacking."""
+    target's encoder, for their feature stacking. With the cohort's ``clinical`` table and a
+    known ``cancer_type`` for any of an expert's rows, its stacking also sees the type
+    (:class:`cohere.experts.TypedStackMean`)."""
     digest = {m: (e if isinstance(e, str) else e.digest) for m, e in encoders.items()}
     residuals: dict[str, pd.DataFrame] = {}
 
@@ -184,8 +190,11 @@ def make_jobs(pairs: Iterable[tuple[str, str]], latents: Mapping[str, pd.DataFra
             data = {s: latents[s].loc[both], t: latents[t].loc[both]}
             info["description"] = f"{len(both)} training samples of cohort '{cohort_name}' with both {s} and {t}."
         r = residual(t) if s != "multi" else None
+        types = covariate_values(clinical, data[t].index) if s != "multi" and clinical is not None else None
+        if types is not None and not (types != "").any():
+            types = None
         jobs.append(Job(s, t, data, {m: digest[m] for m in data}, config, search, info,
-                        None if r is None else r.loc[data[t].index], None if r is None else encoders[t]))
+                        None if r is None else r.loc[data[t].index], None if r is None else encoders[t], types))
     return jobs
 
 

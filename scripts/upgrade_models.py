@@ -11,8 +11,11 @@ Every model in MODELS/experts is rebuilt from the same code as training, on late
   spread, held-out report and stacking weight are chosen anew on the held-out rows its recipe
   carves out, which must reproduce its recorded noise-error profile (else it is left as it is
   and the command fails);
-- an expert without mean stacking gets it (:func:`cohere.experts.add_stacking`, which
-  recalibrates too);
+- an expert without mean stacking gets it, and where the cohort's clinical.csv records the
+  cancer type an expert whose stacking does not see it gets a stacking that does
+  (:class:`cohere.experts.TypedStackMean`); both through :func:`cohere.experts.recalibrate`
+  with the stacking refitted, which recalibrates too, and the feature-stacking weight is then
+  chosen anew (it is chosen on draws recentred as generation does);
 - an expert without a residual head gets one (:func:`cohere.experts.add_head`): ridge from the
   condition latents to the target's :func:`cohere.training.feature_residuals` on all its
   training rows;
@@ -43,21 +46,25 @@ def main() -> int:
     from cohere.diffusion.train import TrainConfig
     from cohere.encoders import load_encoder
     from cohere.errors import CohereError
-    from cohere.experts import (SAMPLER_STEPS, Expert, MultiConditionModel, add_feature_stacking, add_head,
-                                add_stacking, list_models, load_model, recalibrate)
+    from cohere.experts import (COVARIATE, SAMPLER_STEPS, Expert, MultiConditionModel, add_feature_stacking, add_head,
+                                list_models, load_model, recalibrate)
     from cohere.training import make_jobs
+
+    def untyped(model) -> bool:  # an expert whose stacking could also see the cancer type
+        return isinstance(model, Expert) and model.stack is not None and model.covariate_types is None \
+            and cohort.clinical is not None and COVARIATE in cohort.clinical.columns
 
     def stale(model) -> bool:
         lacks = isinstance(model, Expert) and None in (model.stack, model.head, model.fstack)
-        return model.sampler_steps != SAMPLER_STEPS or lacks
+        return model.sampler_steps != SAMPLER_STEPS or lacks or untyped(model)
 
+    cohort = Cohort.read(args.cohort)
     todo = [(folder, model) for folder, model in ((f, load_model(f)) for f in list_models(args.models))
             if isinstance(model, (Expert, MultiConditionModel)) and stale(model)]
     if not todo:
-        print(f"{args.models}: every model is up to date ({SAMPLER_STEPS} sampler steps, stacking, residual heads, "
-              "feature stacking)")
+        print(f"{args.models}: every model is up to date ({SAMPLER_STEPS} sampler steps, stacking (with the cancer "
+              "type where the cohort records it), residual heads, feature stacking)")
         return 0
-    cohort = Cohort.read(args.cohort)
     train_ids = cohort.ids_in("train", args.seed)
     needed = sorted({m for _, model in todo for m in (*model.sources, model.target)})
     encoders = {m: load_encoder(args.models / "encoders" / m) for m in needed}
@@ -65,7 +72,7 @@ def main() -> int:
     # the jobs `cohere experts train` makes: the same rows, in the same order, and the same residuals
     # (their recipe is not used: each model's own is)
     pairs = [("multi" if isinstance(model, MultiConditionModel) else model.source, model.target) for _, model in todo]
-    jobs = make_jobs(pairs, latents, encoders, TrainConfig(), tables=cohort.tables)
+    jobs = make_jobs(pairs, latents, encoders, TrainConfig(), tables=cohort.tables, clinical=cohort.clinical)
 
     failed = 0
     for (folder, model), job in zip(todo, jobs):
@@ -73,16 +80,21 @@ def main() -> int:
         old = (model.sampler_steps, model.spread, model.stack_alpha)
         try:
             model.check_encoders(encoders)
-            if isinstance(model, Expert) and model.stack is None:
-                fitted = add_stacking(model, sources[model.source], x)
+            typed = untyped(model) and job.covariates is not None
+            if isinstance(model, Expert) and (model.stack is None or typed):
+                # the stacking (re)fitted, with the cancer type where the cohort has it; the spread and the
+                # held-out report are recomputed on the same rows, as a training with this version does
+                fitted = recalibrate(model, x, sources, stacking=True, covariates=job.covariates)
             elif model.sampler_steps != SAMPLER_STEPS:
-                fitted = recalibrate(model, x, sources)
+                fitted = recalibrate(model, x, sources, covariates=job.covariates)
             else:
                 fitted = model
             if isinstance(fitted, Expert) and fitted.head is None:
                 fitted = add_head(fitted, sources[model.source], job.residuals)
-            if isinstance(fitted, Expert) and fitted.fstack is None:
-                fitted = add_feature_stacking(fitted, encoders[model.target], sources[model.source], x, job.residuals)
+            if isinstance(fitted, Expert) and (fitted.fstack is None or typed):
+                # its weight is chosen on draws recentred as generation does, so after the stacking changed
+                fitted = add_feature_stacking(fitted, encoders[model.target], sources[model.source], x, job.residuals,
+                                              covariates=job.covariates)
         except CohereError as e:
             print(f"{model.id}: {e}", file=sys.stderr)
             failed += 1

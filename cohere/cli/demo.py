@@ -66,7 +66,7 @@ def demo(
     t2 = time.perf_counter()
     cfg = TrainConfig(seed=seed, **DEMO_RECIPE)
     model_jobs = make_jobs(plan([], True, cohort.modalities), latents, encoders, cfg, cohort_name="simulated",
-                           tables=cohort.tables)
+                           tables=cohort.tables, clinical=cohort.clinical)
     train_jobs(model_jobs, models, SerialExecutor(), force=True, log=lambda line: None, progress=progress).check(models)
     for target in cohort.modalities:
         typer.echo(f"   {target}: {len(cohort.modalities) - 1} experts + multi->{target}")

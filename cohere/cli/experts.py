@@ -98,7 +98,8 @@ def train(
         latents[m] = enc.encode_cohort(c, c.tables[m].index.intersection(train_ids))
         typer.echo(f"{m}: {len(latents[m])} training samples encoded with encoder {enc.digest[:12]}", err=True)
         note_imputation(enc.imputation_)
-    jobs = make_jobs(pairs, latents, encoders, config, search, c.path.name if c.path else "", tables=c.tables)
+    jobs = make_jobs(pairs, latents, encoders, config, search, c.path.name if c.path else "", tables=c.tables,
+                     clinical=c.clinical)
 
     t_all = time.perf_counter()
     outcome = train_jobs(jobs, models, runner, force=force, log=typer.echo, progress=progress, describe=quality_line)

@@ -135,7 +135,9 @@ class EvalData:
         if key not in self.cache:
             t0 = time.perf_counter()
             kept = [m for m in self.modalities if m not in removed]
+            clinical = self.test_cohort.clinical  # the cancer type, which the stacking may use
             ablated = Cohort({m: self.test_cohort.tables[m].loc[self.test_ids] for m in kept},
+                             None if clinical is None else clinical[clinical.index.isin(self.test_ids)],
                              input_forms={m: f for m, f in self.test_cohort.input_forms.items() if m in kept})
             done = complete(ablated, self.source, method=method, targets=list(removed), draws=draws, seed=seed)
             out = {}

@@ -53,7 +53,7 @@ def train_models(cohort: Cohort, models: str | Path, modalities: list[str], conf
         seconds[f"encoder {m}"] = round(time.perf_counter() - t0, 1)
         log(f"encoder {m}: {len(tr)} training samples, {seconds[f'encoder {m}']}s")
     jobs = make_jobs(plan([], True, modalities), latents, encoders, config,
-                     cohort_name=cohort.path.name if cohort.path else "", tables=cohort.tables)
+                     cohort_name=cohort.path.name if cohort.path else "", tables=cohort.tables, clinical=cohort.clinical)
     outcome = train_jobs(jobs, models, executor or SerialExecutor(), force=True, log=log)
     outcome.check(models)
     seconds |= {i: round(s_, 1) for i, s_ in outcome.seconds.items()}

@@ -1,0 +1,191 @@
+"""The cancer type as a stacking covariate (cohere.experts.TypedStackMean): fitted, recorded,
+loaded, refused when malformed, composed once across experts, read from clinical.csv."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cohere.diffusion.train import TrainConfig
+from cohere.errors import CohereError
+from cohere.experts import (Expert, StackMean, TypedStackMean, covariate_values, covariates_digest, load_model,
+                            model_dir)
+from cohere.generation import stacked_mean
+
+TINY = TrainConfig(hidden=32, layers=2, time_dim=16, cond_emb_dim=8, steps=40, eval_every=20, batch_size=32,
+                   val_steps=4)
+DIGESTS = {"rnaseq": "a" * 64, "cna": "b" * 64, "rppa": "c" * 64}
+TYPES = ["BRCA", "LUAD", "SKCM"]
+
+
+def typed_data(n=300, d=4, seed=0):
+    """x = the type's offset + s, with sources c1 = s + noise and c2 = s + other noise:
+    independent given the target, and the type carries what neither source does."""
+    rng = np.random.default_rng(seed)
+    t = rng.integers(0, len(TYPES), n)
+    offsets = np.array([[2.0] * d, [-2.0] * d, [0.0] * d])
+    s = rng.standard_normal((n, d))
+    x = offsets[t] + s
+    c1 = s + rng.standard_normal((n, d))
+    c2 = s + rng.standard_normal((n, d))
+    types = np.array([TYPES[i] for i in t], dtype=object)
+    return c1.astype(np.float32), c2.astype(np.float32), x.astype(np.float32), types
+
+
+def test_covariate_values_reads_the_clinical_table_and_marks_the_unknown():
+    clinical = pd.DataFrame({"cancer_type": ["BRCA", None, "LUAD"]}, index=["p1", "p2", "p3"])
+    assert list(covariate_values(clinical, ["p3", "p2", "p9", "p1"])) == ["LUAD", "", "", "BRCA"]
+    assert list(covariate_values(None, ["p1", "p2"])) == ["", ""]
+    assert list(covariate_values(clinical.rename(columns={"cancer_type": "stage"}), ["p1"])) == [""]
+
+
+def test_the_typed_ridge_sees_the_type_and_gives_unknown_types_the_training_frequencies():
+    c1, _, x, types = typed_data()
+    plain = StackMean.fit(c1, x)
+    typed = TypedStackMean.fit(c1, x, types)
+    assert typed.types == TYPES and np.isclose(float(typed.type_freq.sum()), 1.0)
+    cv = [torch.from_numpy(c1)]
+    err = lambda p: float(((p.numpy() - x) ** 2).mean())  # noqa: E731
+    assert err(typed(cv, types=list(types))) < 0.6 * err(plain(cv))  # the offsets are worth most of the error
+    z = typed.onehot(["LUAD", "", "XXXX"])
+    assert z[0].tolist() == [0.0, 1.0, 0.0]
+    assert torch.allclose(z[1], typed.type_freq) and torch.allclose(z[2], typed.type_freq)
+    # the prior mean is the ridge on the type alone: close to each type's training mean of x
+    prior = typed.prior_mean(TYPES).numpy()
+    for i, t in enumerate(TYPES):
+        assert np.allclose(prior[i], x[types == t].mean(0), atol=0.35)
+    with pytest.raises(CohereError, match=r"covariates: expected 300 cancer types with at least one known, got 300 "
+                                          r"\(0 known\)"):
+        TypedStackMean.fit(c1, x, np.full(300, "", dtype=object))
+
+
+@pytest.fixture(scope="module")
+def typed_expert():
+    c1, _, x, types = typed_data()
+    return Expert.fit("rnaseq", "cna", c1, x, DIGESTS, TINY, covariates=types)
+
+
+def test_an_expert_records_its_covariates_and_loads_them_back(tmp_path, typed_expert):
+    _, _, x, types = typed_data()
+    e = typed_expert
+    assert e.covariate_types == TYPES and isinstance(e.stack, TypedStackMean)
+    h = e.metrics["held_out"]
+    assert h["stacked_energy"] <= h["energy"] + 1e-9  # alpha = 1 (the network alone) is on the grid
+    e.save(tmp_path / "e")
+    cfg = json.loads((tmp_path / "e" / "config.json").read_text())
+    assert cfg["stacking"]["covariates"] == {"cancer_type": TYPES}
+    back = load_model(tmp_path / "e")
+    assert back.covariate_types == TYPES
+    c = [torch.from_numpy(typed_data()[0][:5])]
+    assert torch.equal(back.stack_point(c, list(types[:5])), e.stack_point(c, list(types[:5])))
+    # an unknown type is not the type of any row: the frequencies' average, not a one-hot
+    assert not torch.equal(back.stack_point(c, [""] * 5), e.stack_point(c, list(types[:5])))
+
+
+@pytest.mark.parametrize("covs", [{"stage": TYPES}, {"cancer_type": []}, {"cancer_type": ["LUAD", "BRCA"]},
+                                  {"cancer_type": ["BRCA", ""]}, ["BRCA"]])
+def test_malformed_covariates_in_a_config_are_refused(tmp_path, typed_expert, covs):
+    from cohere.artifacts import save_artifact, load_artifact
+
+    typed_expert.save(tmp_path / "e")
+    art = load_artifact(tmp_path / "e")
+    cfg = json.loads(json.dumps(art.config))
+    cfg["stacking"]["covariates"] = covs
+    save_artifact(tmp_path / "bad", cfg, art.tensors, "card")
+    with pytest.raises(CohereError, match=r"unsupported stacking covariates .*; cohere experts record "
+                                          r"\{'cancer_type': \[the sorted distinct cancer types, non-empty strings\]\}"):
+        load_model(tmp_path / "bad")
+
+
+def test_covariates_must_be_one_per_row():
+    c1, _, x, types = typed_data(n=120)
+    with pytest.raises(CohereError, match=r"covariates: expected one cancer type per row \(120\), got 119"):
+        Expert.fit("rnaseq", "cna", c1, x, DIGESTS, TINY, covariates=types[:-1])
+
+
+class Stub:  # what stacked_mean reads of an expert
+    def __init__(self, source, stack):
+        self.source, self.stack, self.stack_alpha = source, stack, 0.5
+
+    def stack_point(self, conds, types=None):
+        return self.stack(conds, types=types)
+
+    @property
+    def covariate_types(self):
+        return self.stack.types
+
+
+def test_the_type_is_counted_once_when_typed_experts_are_composed():
+    c1, c2, x, types = typed_data(n=2000, seed=1)
+    one, two = TypedStackMean.fit(c1, x, types), TypedStackMean.fit(c2, x, types)
+    e1, e2 = Stub("rnaseq", one), Stub("rppa", two)
+    conds = {"rnaseq": c1, "rppa": c2}
+    single, _ = stacked_mean([e1], conds, [1.0], types)
+    assert torch.allclose(single, one([torch.from_numpy(c1)], types=list(types)), atol=1e-5)
+    both, alpha = stacked_mean([e1, e2], conds, [1.0, 1.0], types)
+    assert alpha == 0.5
+    err = lambda p: float(((p.numpy() - x) ** 2).mean())  # noqa: E731
+    e_one, e_two, e_both = err(single), err(stacked_mean([e2], conds, [1.0], types)[0]), err(both)
+    # sources independent given the target: the product is sharper than either expert and
+    # near the oracle posterior, whose error per dimension is 1 / (1 + 1 + 1) (prior and two sources)
+    assert e_both < 0.8 * min(e_one, e_two)
+    assert e_both < 1.1 / 3
+    # with the type-free prior (what an untyped composition uses) the type's offset would be
+    # counted once per expert
+    class Untyped(Stub):
+        covariate_types = None
+
+    twice = stacked_mean([Untyped("rnaseq", one), Untyped("rppa", two)], conds, [1.0, 1.0], types)[0]
+    assert err(twice) > 1.5 * e_both
+
+
+def test_a_jobs_request_carries_the_digest_of_its_covariates(sim):
+    from cohere.training import make_jobs
+
+    cohort, _ = sim
+    ids = cohort.tables["rnaseq"].index.intersection(cohort.tables["cna"].index)
+    rng = np.random.default_rng(0)
+    latents = {m: pd.DataFrame(rng.standard_normal((len(ids), 4)), index=ids) for m in ("rnaseq", "cna")}
+    encoders = {"rnaseq": "a" * 64, "cna": "b" * 64}
+    typed = make_jobs([("rnaseq", "cna"), ("multi", "cna")], latents, encoders, TINY, clinical=cohort.clinical)
+    assert typed[0].covariates is not None and typed[1].covariates is None
+    assert list(typed[0].covariates) == list(covariate_values(cohort.clinical, latents["cna"].index))
+    assert typed[0].request()["covariates_sha256"] == covariates_digest(typed[0].covariates)
+    assert "covariates_sha256" not in typed[1].request()
+    plain = make_jobs([("rnaseq", "cna")], latents, encoders, TINY)
+    assert plain[0].covariates is None and "covariates_sha256" not in plain[0].request()
+
+
+def test_generation_reads_the_cancer_type_from_clinical_csv(sim, tmp_path):
+    from cohere.encoders import make_encoder
+    from cohere.generation import ModelSource, prepare_generation
+    from cohere.plugins import get_modality
+
+    cohort, _ = sim
+    small = type(cohort)({m: cohort.tables[m] for m in ("cna", "rnaseq")}, cohort.clinical, cohort.split,
+                         {m: cohort.input_forms[m] for m in ("cna", "rnaseq")})
+    train = small.ids_in("train")
+    models = tmp_path / "models"
+    enc, lat = {}, {}
+    for m, t in small.tables.items():
+        enc[m] = make_encoder(get_modality(m), small.input_forms[m], "pca").fit(t.loc[t.index.intersection(train)])
+        enc[m].save(models / "encoders" / m)
+        lat[m] = enc[m].encode(t.loc[t.index.intersection(train)])
+    ids = lat["rnaseq"].index.intersection(lat["cna"].index)
+    e = Expert.fit("rnaseq", "cna", lat["rnaseq"].loc[ids], lat["cna"].loc[ids], enc, TINY,
+                   covariates=covariate_values(small.clinical, ids))
+    assert e.covariate_types == sorted(small.clinical["cancer_type"].loc[ids].unique())
+    e.save(model_dir(models, e.id))
+    have = small.tables["rnaseq"].index.intersection(small.tables["cna"].index)
+    patients = [p for p in have if p not in set(train)][:20]
+    prep = prepare_generation(small, "cna", ["rnaseq"], ModelSource.folder(models), patients=patients)
+    assert prep.settings["cancer_type"] == ("known for 20 of 20 patients (clinical.csv cancer_type); the others get "
+                                            "the types' average")
+    blind = type(small)(small.tables, None, small.split, small.input_forms)
+    prep0 = prepare_generation(blind, "cna", ["rnaseq"], ModelSource.folder(models), patients=patients)
+    assert prep0.settings["cancer_type"].startswith("known for 0 of 20 patients")
+    assert not torch.allclose(prep.stack[0], prep0.stack[0])  # the type moved the stacking's point
