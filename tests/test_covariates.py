@@ -160,7 +160,7 @@ def test_a_jobs_request_carries_the_digest_of_its_covariates(sim):
     assert plain[0].covariates is None and "covariates_sha256" not in plain[0].request()
 
 
-def test_generation_reads_the_cancer_type_from_clinical_csv(sim, tmp_path):
+def test_generation_reads_the_cancer_type_from_clinical_csv(sim, tmp_path, capsys):
     from cohere.encoders import make_encoder
     from cohere.generation import ModelSource, prepare_generation
     from cohere.plugins import get_modality
@@ -189,3 +189,12 @@ def test_generation_reads_the_cancer_type_from_clinical_csv(sim, tmp_path):
     prep0 = prepare_generation(blind, "cna", ["rnaseq"], ModelSource.folder(models), patients=patients)
     assert prep0.settings["cancer_type"].startswith("known for 0 of 20 patients")
     assert not torch.allclose(prep.stack[0], prep0.stack[0])  # the type moved the stacking's point
+    # the CLI reads it from the cohort folder's clinical.csv and says for how many it was known
+    from clihelp import run
+
+    small.write(tmp_path / "cohort")
+    code, _, err = run(["generate", "--target", "cna", "--have", "rnaseq", "--cohort", str(tmp_path / "cohort"),
+                        "--models", str(models), "--patients", ",".join(patients), "--draws", "2",
+                        "--out", str(tmp_path / "out.parquet")], capsys)
+    assert code == 0
+    assert "cancer type: known for 20 of 20 patients (clinical.csv cancer_type)" in err

@@ -116,6 +116,8 @@ def generate(
         **defaults)
     for record in job.imputation.values():
         note_imputation(record)
+    if job.settings.get("cancer_type"):  # the stacking uses it: say for how many it was known
+        typer.echo(f"cancer type: {job.settings['cancer_type']}", err=True)
     _check_room(job, draws, out, decode, aggregate)
     stream(job, draws, seed, out, diagnostics, decode, aggregate)
     typer.echo(f"generated {target} for {len(job.samples)} patients x {draws} draws with "
