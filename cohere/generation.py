@@ -641,8 +641,7 @@ def prepare_generation(
                 "stacking": None if stack is None else round(stack[1], 4),
                 "residual": shift is not None,
                 "feature_stacking": None if fstack is None else round(fstack[1], 4),
-                "cancer_type": _type_note(method, models if method == "coherent" else [], stack, types
-                                          if method == "coherent" else None),
+                "cancer_type": _type_note(models, stack, types) if method == "coherent" else None,
                 "imputation": {m: r.to_dict() for m, r in imputation.items()}}
     if stack is not None:
         stack = (stack[0].to(device), stack[1])
@@ -651,10 +650,10 @@ def prepare_generation(
                          None if fstack is None else (fstack[0].cpu().numpy(), fstack[1]))
 
 
-def _type_note(method: str, models: list, stack, types) -> str | None:
-    """What the settings record of the cancer type: None where the stacking does not use it,
-    else how many patients' types were known to it."""
-    if method != "coherent" or stack is None or not any(e.covariate_types for e in models):
+def _type_note(models: list, stack, types) -> str | None:
+    """What the settings of a coherent generation record of the cancer type: None where the
+    stacking does not use it, else how many patients' types were known to it."""
+    if stack is None or not any(e.covariate_types for e in models):
         return None
     known = set().union(*(e.covariate_types or [] for e in models))
     n = sum(1 for t in types if t in known)
