@@ -119,6 +119,11 @@ class StackMean(RidgeMean):
         return cls(base.weight, base.bias, base.prior, np.atleast_2d(np.cov(resid, rowvar=False)),
                    np.atleast_2d(np.cov(x, rowvar=False)))
 
+    def __call__(self, conds, mask=None, types=None) -> torch.Tensor:
+        """As :class:`RidgeMean`'s; ``types`` (the rows' cancer types) is for a
+        :class:`TypedStackMean` and does not matter here."""
+        return super().__call__(conds, mask)
+
     def tensors(self, prefix: str = "stack") -> dict[str, torch.Tensor]:
         return {**super().tensors(prefix), f"{prefix}.residual_cov": self.residual_cov,
                 f"{prefix}.prior_cov": self.prior_cov}
@@ -141,12 +146,13 @@ def covariate_values(clinical: pd.DataFrame | None, ids) -> np.ndarray:
     return np.where(v.isna().to_numpy(), "", v.astype(str).to_numpy()).astype(object)
 
 
-def _covariates(covariates, n: int) -> np.ndarray | None:
-    """``covariates`` as (n,) strings ("" = unknown), or None; refused if not one per row."""
+def _covariates(covariates, n: int | None = None) -> np.ndarray | None:
+    """``covariates`` as (n,) strings ("" = unknown), or None; refused if not one per row
+    (``n``: the rows, None: any number)."""
     if covariates is None:
         return None
     v = np.asarray(covariates, dtype=object).reshape(-1)
-    if len(v) != n:
+    if n is not None and len(v) != n:
         raise CohereError(f"covariates: expected one cancer type per row ({n}), got {len(v)}")
     return np.array(["" if t is None or (isinstance(t, float) and math.isnan(t)) else str(t) for t in v],
                     dtype=object)
@@ -221,12 +227,6 @@ class TypedStackMean(StackMean):
     def shapes(d: int, c: int, prefix: str = "stack", n_types: int = 1) -> dict[str, tuple[int, ...]]:
         return {**StackMean.shapes(d, c + n_types, prefix), f"{prefix}.type_weight": (d, n_types),
                 f"{prefix}.type_bias": (d,), f"{prefix}.type_freq": (n_types,)}
-
-
-def stack_point(stack: StackMean, conds, types=None) -> torch.Tensor:
-    """(n, d) ``stack``'s prediction for the condition latents ``conds`` (a list of one (n, c)
-    tensor) and, for a :class:`TypedStackMean`, the rows' cancer ``types`` (None: unknown)."""
-    return stack(conds, types=types) if isinstance(stack, TypedStackMean) else stack(conds)
 
 
 # the grid of stacking weights alpha (1 = the network's mean alone, 0 = ridge's)
@@ -351,7 +351,7 @@ def calibrate_spread(model: Denoiser, schedule: NoiseSchedule, val, bounds, nois
 @torch.no_grad()
 def held_out_report(model: Denoiser, schedule: NoiseSchedule, val, train, bounds, offset=None,
                     noise_error=None, unconditional: bool = False, seed: int = 0, draws: int = REPORT_DRAWS,
-                    stack: RidgeMean | None = None, types=None) -> dict:
+                    stack: StackMean | None = None, types=None) -> dict:
     """What a user can judge a model by, on its held-out rows ``val`` = (x0, conds, mask)
     with every condition present: ``draws`` generations per row with the default sampler
     (DDIM, ``SAMPLER_STEPS`` steps, analytic variance) scored by the R^2 of their mean, the
@@ -388,7 +388,7 @@ def held_out_report(model: Denoiser, schedule: NoiseSchedule, val, train, bounds
     if unconditional:
         out["unconditional_energy"] = scores.energy_score(y, sample(0.0))
     if stack is not None:
-        p = stack_point(stack, conds, types).double().numpy()
+        p = stack(conds, types=types).double().numpy()
         out["stack_alpha"] = stack_weight(y, x, p)
         xs = recenter(torch.from_numpy(x), torch.from_numpy(p), out["stack_alpha"]).numpy()
         out["stacked_r2_mean"], out["stacked_energy"] = scores.r2(y, xs.mean(0)), scores.energy_score(y, xs)
@@ -769,7 +769,7 @@ class _DiffusionModel:
         """(n, d) ridge's prediction for the condition latents ``conds`` (a list of one (n, c)
         tensor) and, when the stacking uses it, the rows' cancer ``types`` (n,) (None or "":
         unknown), the point the draws' mean is stacked with; None for a model without stacking."""
-        return None if self.stack is None else stack_point(self.stack, conds, types)
+        return None if self.stack is None else self.stack(conds, types=types)
 
     @property
     def covariate_types(self) -> list[str] | None:
@@ -813,7 +813,7 @@ class _DiffusionModel:
         ``check_profile(profile)`` runs on the profile before the rest (the slow part), and may
         refuse. ``covariates``: the rows' cancer types (:func:`covariate_values`); with a known
         one among the training rows the stacking ridge also sees it (:class:`TypedStackMean`).
-        Returns (profile, spread, report, stacking RidgeMean or None)."""
+        Returns (profile, spread, report, stacking StackMean or None)."""
         if split is None:
             presence = torch.ones(len(x0), len(conds)) if mask is None else torch.as_tensor(mask, dtype=torch.float32)
             split = split_validation(presence, config.val_fraction, config.seed)
@@ -839,7 +839,7 @@ class _DiffusionModel:
         report = held_out_report(model, schedule, val, (x0[full], [tensor(c[full]) for c in conds]), bounds,
                                  ridge, (profile * spread).clamp(max=1.0),
                                  unconditional=mask is not None or config.uncond_prob > 0, seed=config.seed,
-                                 stack=stacking, types=None if types is None or stacking is None else types[va])
+                                 stack=stacking, types=None if types is None else types[va])
         return profile, spread, report, stacking
 
     @staticmethod
@@ -1106,7 +1106,7 @@ def covariates_digest(covariates) -> str:
     """sha256 of the rows' cancer types (in order, "" = unknown): part of a job's request."""
     import hashlib
 
-    v = _covariates(covariates, len(np.asarray(covariates, dtype=object).reshape(-1)))
+    v = _covariates(covariates)
     return hashlib.sha256("\0".join(v).encode()).hexdigest()
 
 
