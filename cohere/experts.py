@@ -300,6 +300,10 @@ LEGACY_STEPS = 20  # what artifacts whose config records no step count were cali
 # factors on the noise-error profile, a quarter octave apart: 0.5 (a few steps draw wider than
 # the analytic variance says) to 4 (the analytic variance alone is too narrow)
 SPREADS = tuple(round(2 ** (k / 4), 4) for k in range(-4, 9))
+# what a model's spread was calibrated on (its config's sampling.spread_on): its network's own
+# draws ("network": multi-condition models, and experts of versions before this one), or its
+# draws recentred on its stacked mean, as generation delivers them ("stacked": experts)
+SPREAD_ON = ("network", "stacked")
 
 
 def _held_out_draws(model, schedule, x0, conds, mask_value, offset, noise_error, bounds, draws, seed) -> np.ndarray:
@@ -324,10 +328,15 @@ def _complete(val):
 
 @torch.no_grad()
 def calibrate_spread(model: Denoiser, schedule: NoiseSchedule, val, bounds, noise_error: torch.Tensor, offset=None,
-                     seed: int = 0, draws: int = REPORT_DRAWS) -> float:
+                     seed: int = 0, draws: int = REPORT_DRAWS, point: np.ndarray | None = None) -> float:
     """The factor (from ``SPREADS``) on the noise-error profile that calibrates the model's
     central 50% and 90% intervals on its held-out rows ``val``: the one whose coverage is
     closest (summed absolute error) to what a calibrated sampler with ``draws`` draws covers.
+    With ``point`` (n, d), the stacked mean of the complete held-out rows (an expert's
+    :class:`StackMean`), the draws are scored as generation delivers them: recentred on it
+    (:func:`~cohere.sampling.recenter`) with the stacking weight (:func:`stack_weight`) chosen
+    on the same draws. A better mean leaves less error for the draws to cover, so the spread
+    that calibrates the network's own draws over-covers the delivered ones.
     The analytic variance alone leaves the draws of some experts a little too narrow (90%
     intervals covering 0.81-0.84 instead of 0.865 on held-out TCGA patients), and a few steps
     leave others a little too wide; a factor above 1 widens every reverse step's noise, one
@@ -342,6 +351,8 @@ def calibrate_spread(model: Denoiser, schedule: NoiseSchedule, val, bounds, nois
     for kappa in SPREADS:
         x = _held_out_draws(model, schedule, x0, conds, 1.0, offset, (noise_error * kappa).clamp(max=1.0), bounds,
                             draws, seed)
+        if point is not None:
+            x = recenter(torch.from_numpy(x), torch.from_numpy(point), stack_weight(y, x, point)).numpy()
         miss = sum(abs(scores.interval_coverage(y, x, p) - c) for p, c in target.items())
         if miss < best[0] - 1e-9:
             best = (miss, kappa)
@@ -360,7 +371,8 @@ def held_out_report(model: Denoiser, schedule: NoiseSchedule, val, train, bounds
     a bootstrapped training residual) and beside the model's own unconditional branch (how
     much the condition is worth), when it has one. With ``stack`` (the ridge mean of the
     training rows) it also chooses the stacking weight (:func:`stack_weight`) on these rows and
-    scores the stacked draws: ``stack_alpha``, ``stacked_r2_mean``, ``stacked_energy`` (the
+    scores the stacked draws: ``stack_alpha``, ``stacked_r2_mean``, ``stacked_energy``,
+    ``stacked_coverage50`` / ``90`` (what generation delivers; the
     other scores stay those of the network's own draws, which set its consensus weight).
     ``types``: the rows' cancer types, for a :class:`TypedStackMean`."""
     from sklearn.linear_model import RidgeCV
@@ -392,6 +404,8 @@ def held_out_report(model: Denoiser, schedule: NoiseSchedule, val, train, bounds
         out["stack_alpha"] = stack_weight(y, x, p)
         xs = recenter(torch.from_numpy(x), torch.from_numpy(p), out["stack_alpha"]).numpy()
         out["stacked_r2_mean"], out["stacked_energy"] = scores.r2(y, xs.mean(0)), scores.energy_score(y, xs)
+        out["stacked_coverage50"] = scores.interval_coverage(y, xs, 0.5)
+        out["stacked_coverage90"] = scores.interval_coverage(y, xs, 0.9)
     return {key: round(float(v), 4) for key, v in out.items()} | {"n": n, "draws": draws}
 
 
@@ -441,7 +455,7 @@ class _DiffusionModel:
                  x0_bounds: tuple | None = None, mean: RidgeMean | None = None,
                  noise_error: torch.Tensor | None = None, spread: float = 1.0, stack: StackMean | None = None,
                  stack_alpha: float = 1.0, head: RidgeMean | None = None, sampler_steps: int = SAMPLER_STEPS,
-                 fstack: RidgeMean | None = None, fstack_beta: float = 0.0):
+                 fstack: RidgeMean | None = None, fstack_beta: float = 0.0, spread_on: str = "network"):
         d = model.config.latent_dim
         if x0_bounds is None:
             x0_bounds = (torch.full((d,), -torch.inf), torch.full((d,), torch.inf))
@@ -458,6 +472,7 @@ class _DiffusionModel:
         self.noise_error = noise_error  # (2^k, T) or None (see noise_error_profile)
         self.spread = float(spread)  # factor on noise_error that calibrates the draws (calibrate_spread)
         self.sampler_steps = int(sampler_steps)  # the DDIM step count that spread was calibrated at
+        self.spread_on = spread_on  # SPREAD_ON: the draws it was calibrated on (the network's own, or stacked)
         self.stack = stack  # the ridge mean the draws' mean is stacked with (experts), or None
         self.stack_alpha = float(stack_alpha)  # its stacking weight (stack_weight); 1 = none
         self.head = head  # ridge from the condition to the target's features outside its latent (experts), or None
@@ -521,7 +536,7 @@ class _DiffusionModel:
             "metrics": self.metrics,
             "n_train": self.n_train,
             "sampling": {"method": "ddim", "steps": self.sampler_steps, "eta": 1.0, "variance": "analytic",
-                         "spread": self.spread,
+                         "spread": self.spread, "spread_on": self.spread_on,
                          "x0_clamp": "per-dimension training range of the target (tensors x0_bounds.low/high)"},
             "mean": "none" if self.mean is None else "ridge",
             "unconditional": self.unconditional,
@@ -598,6 +613,10 @@ class _DiffusionModel:
         if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= schedule.num_train_timesteps:
             raise CohereError(f"{folder}: unsupported sampling.steps {steps!r}; cohere models record the DDIM step "
                               f"count their spread was calibrated at (an int in 1..{schedule.num_train_timesteps})")
+        spread_on = sampling.get("spread_on", "network")  # before stacked calibration: the network's draws
+        if spread_on not in SPREAD_ON:
+            raise CohereError(f"{folder}: unsupported sampling.spread_on {spread_on!r}; cohere models record one of "
+                              f"{', '.join(map(repr, SPREAD_ON))} (the draws their spread was calibrated on)")
         model = Denoiser(dcfg)
         state = model.state_dict()
         d = dcfg.latent_dim
@@ -656,7 +675,7 @@ class _DiffusionModel:
                                  TrainConfig.from_dict(recipe) if recipe else None, cfg.get("metrics", {}), training,
                                  bounds, mean, noise_error, float(sampling.get("spread", 1.0)),
                                  stack, 1.0 if alpha is None else float(alpha), head, steps, fstack,
-                                 0.0 if beta is None else float(beta))
+                                 0.0 if beta is None else float(beta), spread_on)
         obj._unconditional = bool(cfg.get("unconditional", False))
         if obj.id != cfg.get("id"):
             raise CohereError(f"{folder}: config id {cfg.get('id')!r} does not match its sources and target ({obj.id!r})")
@@ -808,8 +827,9 @@ class _DiffusionModel:
                 covariates=None):
         """What follows the training of the network, on its held-out rows (``split`` = (train
         rows, held-out rows); by default the recipe's :func:`split_validation`): the
-        noise-error profile, the calibrated spread, the stacking ridge (``stack``: fitted on the
-        training rows) and the :func:`held_out_report` that also chooses its weight.
+        noise-error profile, the stacking ridge (``stack``: fitted on the training rows), the
+        spread calibrated on the draws recentred on it (experts) or on the network's own draws,
+        and the :func:`held_out_report` that also chooses the stacking weight.
         ``check_profile(profile)`` runs on the profile before the rest (the slow part), and may
         refuse. ``covariates``: the rows' cancer types (:func:`covariate_values`); with a known
         one among the training rows the stacking ridge also sees it (:class:`TypedStackMean`).
@@ -825,7 +845,6 @@ class _DiffusionModel:
         profile = noise_error_profile(model, schedule, val, ridge, seed=config.seed)
         if check_profile is not None:
             check_profile(profile)
-        spread = calibrate_spread(model, schedule, val, bounds, profile, ridge, seed=config.seed)
         full = tr if mask is None else tr[(mask[tr] > 0).all(1)]  # training rows with every condition
         types = None if covariates is None else np.asarray(covariates, dtype=object)
         if types is not None and not TypedStackMean.vocabulary(types[tr]):
@@ -836,6 +855,10 @@ class _DiffusionModel:
             stacking = StackMean.fit(conds[0][tr], x0[tr])
         else:
             stacking = TypedStackMean.fit(conds[0][tr], x0[tr], types[tr])
+        point = None  # experts (every held-out row complete): the spread is calibrated on the stacked draws
+        if stacking is not None:
+            point = stacking(val[1], types=None if types is None else types[va]).double().numpy()
+        spread = calibrate_spread(model, schedule, val, bounds, profile, ridge, seed=config.seed, point=point)
         report = held_out_report(model, schedule, val, (x0[full], [tensor(c[full]) for c in conds]), bounds,
                                  ridge, (profile * spread).clamp(max=1.0),
                                  unconditional=mask is not None or config.uncond_prob > 0, seed=config.seed,
@@ -872,11 +895,12 @@ class Expert(_DiffusionModel):
                  metrics: Mapping | None = None, training: Mapping | None = None, x0_bounds: tuple | None = None,
                  mean: RidgeMean | None = None, noise_error: torch.Tensor | None = None, spread: float = 1.0,
                  stack: StackMean | None = None, stack_alpha: float = 1.0, head: RidgeMean | None = None,
-                 fstack: RidgeMean | None = None, fstack_beta: float = 0.0):
+                 fstack: RidgeMean | None = None, fstack_beta: float = 0.0, spread_on: str = "network"):
         if model.num_conds != 1:
             raise CohereError(f"an expert has one condition; the denoiser has {model.num_conds}")
         super().__init__([source], target, model, schedule, encoders, train_config, metrics, training, x0_bounds,
-                         mean, noise_error, spread, stack, stack_alpha, head, fstack=fstack, fstack_beta=fstack_beta)
+                         mean, noise_error, spread, stack, stack_alpha, head, fstack=fstack, fstack_beta=fstack_beta,
+                         spread_on=spread_on)
 
     @property
     def source(self) -> str:
@@ -919,7 +943,8 @@ class Expert(_DiffusionModel):
         metrics, train_info = cls._record(res, trials, training, report)
         head = None if target_residuals is None else fit_head(c.numpy(), target_residuals)
         obj = cls(source, target, res.model, schedule, digests, res.config, metrics, train_info, res.x0_bounds,
-                  mean, profile, spread, stack, report.get("stack_alpha", 1.0), head)
+                  mean, profile, spread, stack, report.get("stack_alpha", 1.0), head,
+                  spread_on="network" if stack is None else "stacked")
         if head is not None and target_encoder is not None:
             obj = add_feature_stacking(obj, target_encoder, c.numpy(), x.numpy(), target_residuals, record=False,
                                        covariates=covariates)
@@ -1092,7 +1117,8 @@ def recalibrate(model: "_DiffusionModel", target_latents, source_latents: Mappin
         _, spread, report, fitted = _DiffusionModel._finish(model.model, x.numpy(), conds, mask, cfg, model.schedule,
                                                             model.mean, stack, check_profile=same_rows,
                                                             covariates=_covariates(covariates, len(x)))
-    changes = dict(spread=spread, sampler_steps=SAMPLER_STEPS, metrics={**model.metrics, "held_out": report})
+    changes = dict(spread=spread, sampler_steps=SAMPLER_STEPS, metrics={**model.metrics, "held_out": report},
+                   spread_on="stacked" if stack else "network")
     request = {}
     if stack:
         changes |= dict(stack=fitted, stack_alpha=report["stack_alpha"])

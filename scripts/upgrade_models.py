@@ -10,7 +10,9 @@ Every model in MODELS/experts is rebuilt from the same code as training, on late
   (``cohere.experts.SAMPLER_STEPS``) is recalibrated (:func:`cohere.experts.recalibrate`): its
   spread, held-out report and stacking weight are chosen anew on the held-out rows its recipe
   carves out, which must reproduce its recorded noise-error profile (else it is left as it is
-  and the command fails);
+  and the command fails); so is an expert whose spread was calibrated on its network's own
+  draws rather than on its stacked draws, as generation delivers them (``sampling.spread_on``),
+  and its feature-stacking weight is then chosen anew;
 - an expert without mean stacking gets it, and where the cohort's clinical.csv records the
   cancer type an expert whose stacking does not see it gets a stacking that does
   (:class:`cohere.experts.TypedStackMean`); both through :func:`cohere.experts.recalibrate`
@@ -54,9 +56,12 @@ def main() -> int:
         return isinstance(model, Expert) and model.stack is not None and model.covariate_types is None \
             and cohort.clinical is not None and COVARIATE in cohort.clinical.columns
 
+    def unstacked_spread(model) -> bool:  # an expert with stacking whose spread was calibrated on the raw draws
+        return isinstance(model, Expert) and model.stack is not None and model.spread_on != "stacked"
+
     def stale(model) -> bool:
         lacks = isinstance(model, Expert) and None in (model.stack, model.head, model.fstack)
-        return model.sampler_steps != SAMPLER_STEPS or lacks or untyped(model)
+        return model.sampler_steps != SAMPLER_STEPS or lacks or untyped(model) or unstacked_spread(model)
 
     cohort = Cohort.read(args.cohort)
     todo = [(folder, model) for folder, model in ((f, load_model(f)) for f in list_models(args.models))
@@ -85,13 +90,13 @@ def main() -> int:
                 # the stacking (re)fitted, with the cancer type where the cohort has it; the spread and the
                 # held-out report are recomputed on the same rows, as a training with this version does
                 fitted = recalibrate(model, x, sources, stacking=True, covariates=job.covariates)
-            elif model.sampler_steps != SAMPLER_STEPS:
+            elif model.sampler_steps != SAMPLER_STEPS or unstacked_spread(model):
                 fitted = recalibrate(model, x, sources, covariates=job.covariates)
             else:
                 fitted = model
             if isinstance(fitted, Expert) and fitted.head is None:
                 fitted = add_head(fitted, sources[model.source], job.residuals)
-            if isinstance(fitted, Expert) and (fitted.fstack is None or typed):
+            if isinstance(fitted, Expert) and (fitted.fstack is None or typed or fitted is not model):
                 # its weight is chosen on draws recentred as generation does, so after the stacking changed
                 fitted = add_feature_stacking(fitted, encoders[model.target], sources[model.source], x, job.residuals,
                                               covariates=job.covariates)
@@ -104,6 +109,8 @@ def main() -> int:
         line = (f"{model.id}: {old[0]} -> {fitted.sampler_steps} steps, spread {old[1]:g} -> {fitted.spread:g}; "
                 f"held-out cov50 {h['coverage50']} (calibrated {h['coverage50_calibrated']}), "
                 f"cov90 {h['coverage90']} ({h['coverage90_calibrated']}), energy {h['energy']}")
+        if "stacked_coverage50" in h:
+            line += f"; stacked cov50 {h['stacked_coverage50']}, cov90 {h['stacked_coverage90']}"
         if isinstance(fitted, Expert):
             line += (f"; alpha {old[2]:.1f} -> {fitted.stack_alpha:.1f}, stacked r2_mean {h['stacked_r2_mean']} "
                      f"(ridge {h['ridge_r2']}), stacked energy {h['stacked_energy']} "

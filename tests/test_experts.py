@@ -397,6 +397,67 @@ def test_an_artifact_calibrated_for_another_step_count_is_recalibrated_to_what_t
                 Expert.load(tmp_path / f"edited-{value}")
 
 
+def test_the_spread_is_calibrated_on_the_draws_as_delivered_recentred_on_the_stacked_mean(monkeypatch):
+    """A known truth: the network's draws of a row are its mean m = y + e (e ~ N(0, 1)) plus
+    kappa * z (z ~ N(0, 1)), so kappa = 1 calibrates them. Recentred on a better point (error
+    0.3 e'), the draws over-cover at kappa = 1: the spread calibrated on the stacked draws is
+    narrower."""
+    from cohere.experts import SPREADS, calibrate_spread
+
+    rng = np.random.default_rng(0)
+    n, d, K, unit = 500, 8, 20, 0.01
+    y = rng.standard_normal((n, d))
+    m, z = y + rng.standard_normal((n, d)), rng.standard_normal((K, n, d))
+
+    def draws(model, schedule, x0, conds, mask_value, offset, noise_error, bounds, k, seed):
+        return m[None] + float(noise_error[0, 0]) / unit * z  # the factor calibrate_spread tries
+
+    monkeypatch.setattr("cohere.experts._held_out_draws", draws)
+    val = (torch.from_numpy(y).float(), [torch.zeros(n, 2)], torch.ones(n, 1))
+    profile = torch.full((2, 1000), unit)
+    network = calibrate_spread(None, None, val, None, profile, draws=K)
+    stacked = calibrate_spread(None, None, val, None, profile, draws=K,
+                               point=y + 0.3 * rng.standard_normal((n, d)))
+    assert network == 1.0 and stacked in SPREADS and stacked <= 0.6
+
+
+def test_an_experts_spread_records_what_it_was_calibrated_on_and_older_ones_are_recalibrated(tmp_path, data):
+    from cohere.diffusion.train import cpu_threads
+    from cohere.experts import recalibrate
+
+    c, x = data
+    with cpu_threads(TINY):
+        fresh = Expert.fit("rnaseq", "cna", c, x, DIGESTS, TINY)
+    h = fresh.metrics["held_out"]
+    assert fresh.spread_on == "stacked" and 0 <= h["stacked_coverage50"] <= h["stacked_coverage90"] <= 1
+    fresh.save(tmp_path / "new")
+    assert json.loads((tmp_path / "new" / "config.json").read_text())["sampling"]["spread_on"] == "stacked"
+    assert "chosen on the draws as generation delivers them" in (tmp_path / "new" / "README.md").read_text()
+    assert Expert.load(tmp_path / "new").spread_on == "stacked"
+    # an expert of an earlier version, its spread calibrated on the network's own draws
+    old = copy.copy(fresh)
+    old.spread_on, old.spread = "network", 4.0
+    old.save(tmp_path / "old")
+    before = Expert.load(tmp_path / "old")
+    assert before.spread_on == "network" and before.spread == 4.0
+    assert recalibrate(before, x, {"rnaseq": c}).pack()[0] == fresh.pack()[0]
+    for value in (None, "draws", 1, ["stacked"]):
+        cfg = before._config()
+        if value is None:
+            del cfg["sampling"]["spread_on"]
+        else:
+            cfg["sampling"]["spread_on"] = value
+        edited = copy.copy(before)
+        edited._config = lambda cfg=cfg: cfg
+        edited.save(tmp_path / f"edited-{value}")
+        if value is None:  # before it was recorded: the network's draws
+            assert Expert.load(tmp_path / f"edited-{value}").spread_on == "network"
+        else:
+            with pytest.raises(CohereError, match=r"unsupported sampling.spread_on .*; cohere models record one of "
+                                                  r"'network', 'stacked' \(the draws their spread was calibrated on\)"):
+                Expert.load(tmp_path / f"edited-{value}")
+
+
 def test_the_residual_head_is_fitted_recorded_and_added_to_older_artifacts(tmp_path, data):
     from cohere.experts import add_head
 
@@ -411,7 +472,8 @@ def test_the_residual_head_is_fitted_recorded_and_added_to_older_artifacts(tmp_p
     loaded = Expert.load(tmp_path / "new")
     assert torch.equal(loaded.head.weight, fresh.head.weight)
     old = Expert("rnaseq", "cna", fresh.model, fresh.schedule, fresh.encoders, TINY, fresh.metrics, fresh.training,
-                 fresh.x0_bounds, fresh.mean, fresh.noise_error, fresh.spread, fresh.stack, fresh.stack_alpha)
+                 fresh.x0_bounds, fresh.mean, fresh.noise_error, fresh.spread, fresh.stack, fresh.stack_alpha,
+                 spread_on=fresh.spread_on)
     old.save(tmp_path / "old")
     before = Expert.load(tmp_path / "old")
     assert before.head is None and before.head_shift([torch.from_numpy(c)]) is None
@@ -465,7 +527,7 @@ def test_feature_stacking_is_chosen_on_held_out_rows_recorded_and_added_to_older
     old = Expert("rnaseq", "cna", fresh.model, fresh.schedule, fresh.encoders, TINY,
                  {k: v for k, v in fresh.metrics.items() if k != "held_out_features"}, fresh.training,
                  fresh.x0_bounds, fresh.mean, fresh.noise_error, fresh.spread, fresh.stack, fresh.stack_alpha,
-                 fresh.head)
+                 fresh.head, spread_on=fresh.spread_on)
     old.save(tmp_path / "old")
     before = Expert.load(tmp_path / "old")
     assert before.fstack is None and before.fstack_beta == 0.0

@@ -80,6 +80,7 @@ def test_add_list_info_remove_from_a_models_folder(home, models, capsys):
     # an expert's quality is that of its stacked draws (what generation gives)
     assert line[header.index("r2_mean")] == f"{held['stacked_r2_mean']:.3f}"
     assert line[header.index("energy")] == f"{held['stacked_energy']:.3f}"
+    assert line[header.index("cov90")] == f"{held['stacked_coverage90']:.3f}"
     assert line[header.index("resboot_energy")] == f"{held['ridge_resboot_energy']:.3f}"
     code, out, _ = run(["encoders", "list"], capsys)
     assert [line.split()[0] for line in out.splitlines()] == ["id", "cna", "rppa"]

@@ -241,6 +241,8 @@ def quality(held: dict | None) -> dict:
     held = dict(held or {})
     if "stacked_energy" in held:  # what generation gives: the draws with their mean stacked with ridge's
         held["r2_mean"], held["energy"] = held["stacked_r2_mean"], held["stacked_energy"]
+        if "stacked_coverage90" in held:  # calibrated on the stacked draws
+            held["coverage90"] = held["stacked_coverage90"]
     return {name: (f"{held[key]:.3f}" if isinstance(held.get(key), (int, float)) else "")
             for key, name in QUALITY.items()}
 

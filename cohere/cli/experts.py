@@ -137,8 +137,8 @@ def list_(
     if held:
         typer.echo(f"held-out rows of the training split, {held.get('draws')} draws per row with the default "
                    "sampler: r2_mean = R^2 of the draws' mean beside ridge's R^2, energy = energy score (lower is "
-                   "better) beside ridge + a bootstrapped residual, both with the mean stacking for experts that "
-                   "have it; cov90 = coverage of the central 90% interval of the network's own draws "
+                   "better) beside ridge + a bootstrapped residual, cov90 = coverage of the central 90% interval; for "
+                   "experts, of the draws with the mean stacking, as generation delivers them (cov90: where recorded) "
                    f"({held.get('coverage90_calibrated')} is calibrated at {held.get('draws')} draws)")
 
 
