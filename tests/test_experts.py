@@ -356,6 +356,19 @@ def test_experts_record_their_stacking_and_older_artifacts_get_the_same_one(tmp_
         add_stacking(before, c[::-1].copy(), x[::-1].copy())
 
 
+def _save_with_sampling(model, folder, key, value) -> None:
+    """Save ``model`` with its config's ``sampling[key]`` set to ``value`` (None: absent), as an
+    earlier version, or a hand edit, wrote it."""
+    cfg = model._config()
+    if value is None:
+        del cfg["sampling"][key]
+    else:
+        cfg["sampling"][key] = value
+    edited = copy.copy(model)
+    edited._config = lambda: cfg
+    edited.save(folder)
+
+
 def test_an_artifact_calibrated_for_another_step_count_is_recalibrated_to_what_training_gives(tmp_path, data):
     from cohere.diffusion.train import cpu_threads
     from cohere.experts import LEGACY_STEPS, SAMPLER_STEPS, recalibrate
@@ -381,14 +394,7 @@ def test_an_artifact_calibrated_for_another_step_count_is_recalibrated_to_what_t
         recalibrate(before, x, {})
     # a config without a step count is from before it was recorded (20 steps); a bad one is refused
     for value in (None, 0, "12", True, 5000):
-        cfg = before._config()
-        if value is None:
-            del cfg["sampling"]["steps"]
-        else:
-            cfg["sampling"]["steps"] = value
-        edited = copy.copy(before)
-        edited._config = lambda cfg=cfg: cfg  # what an earlier version, or a hand edit, wrote
-        edited.save(tmp_path / f"edited-{value}")
+        _save_with_sampling(before, tmp_path / f"edited-{value}", "steps", value)
         if value is None:
             assert Expert.load(tmp_path / f"edited-{value}").sampler_steps == LEGACY_STEPS
         else:
@@ -442,14 +448,7 @@ def test_an_experts_spread_records_what_it_was_calibrated_on_and_older_ones_are_
     assert before.spread_on == "network" and before.spread == 4.0
     assert recalibrate(before, x, {"rnaseq": c}).pack()[0] == fresh.pack()[0]
     for value in (None, "draws", 1, ["stacked"]):
-        cfg = before._config()
-        if value is None:
-            del cfg["sampling"]["spread_on"]
-        else:
-            cfg["sampling"]["spread_on"] = value
-        edited = copy.copy(before)
-        edited._config = lambda cfg=cfg: cfg
-        edited.save(tmp_path / f"edited-{value}")
+        _save_with_sampling(before, tmp_path / f"edited-{value}", "spread_on", value)
         if value is None:  # before it was recorded: the network's draws
             assert Expert.load(tmp_path / f"edited-{value}").spread_on == "network"
         else:
