@@ -83,9 +83,10 @@ class RidgeMean:
         m = RidgeCV(alphas=np.asarray(cls.ALPHAS)).fit(np.asarray(c, np.float64), np.asarray(x, np.float64))
         return cls(m.coef_.reshape(x.shape[1], c.shape[1]), m.intercept_, np.asarray(x, np.float64).mean(0))
 
-    def __call__(self, conds, mask=None) -> torch.Tensor:
+    def __call__(self, conds, mask=None, types=None) -> torch.Tensor:
         """(n, d) offsets for the condition ``conds[0]`` (n, c) and the 0/1 mask (n, 1), None =
-        present."""
+        present. ``types`` (the rows' cancer types) is for the typed ridges (:class:`TypedRidge`,
+        :class:`TypedStackMean`) and does not matter here."""
         c = conds[0]
         w, b, p = (t.to(c.device) for t in (self.weight, self.bias, self.prior))
         mean = c @ w.T + b  # (n, d)
@@ -118,11 +119,6 @@ class StackMean(RidgeMean):
         resid = x - (c @ base.weight.double().numpy().T + base.bias.double().numpy())
         return cls(base.weight, base.bias, base.prior, np.atleast_2d(np.cov(resid, rowvar=False)),
                    np.atleast_2d(np.cov(x, rowvar=False)))
-
-    def __call__(self, conds, mask=None, types=None) -> torch.Tensor:
-        """As :class:`RidgeMean`'s; ``types`` (the rows' cancer types) is for a
-        :class:`TypedStackMean` and does not matter here."""
-        return super().__call__(conds, mask)
 
     def tensors(self, prefix: str = "stack") -> dict[str, torch.Tensor]:
         return {**super().tensors(prefix), f"{prefix}.residual_cov": self.residual_cov,
@@ -158,21 +154,15 @@ def _covariates(covariates, n: int | None = None) -> np.ndarray | None:
                     dtype=object)
 
 
-class TypedStackMean(StackMean):
-    """A :class:`StackMean` whose ridge also sees the patient's cancer type, one-hot (``types``,
-    the training rows' types, sorted): x ~ W [c, z] + b. Why: in TCGA the cancer type alone
-    predicts the rppa latent better (R^2 0.13) than the cna latent does (0.035), and neither
-    ridge nor the networks recover it from the latents (``scripts/covariate_gain.py``). A
-    patient of unknown type gets the training frequencies of the types instead of a one-hot,
-    the linear model's average over them. It also holds the ridge of the target on the type
-    alone (``type_weight``, ``type_bias``) and the covariance of its residuals (``prior_cov``):
-    the prior over which several experts' predictions are composed
-    (:func:`cohere.generation.stacked_mean`), so that the type is counted once, not once per
-    expert. Tensors as :class:`StackMean`'s (``stack.weight`` (d, c + T)) plus
-    ``stack.type_weight`` (d, T), ``stack.type_bias`` (d,), ``stack.type_freq`` (T,)."""
+class _TypeColumns:
+    """The cancer type as one-hot columns beside the condition, for a ridge x ~ W [c, z] + b
+    (``types``: the training rows' types, sorted), and the ridge of the target on the type
+    alone (``type_weight``, ``type_bias``): the prior mean over which several experts'
+    predictions are composed (:mod:`cohere.generation`), so that the type is counted once, not
+    once per expert. A patient of unknown type gets the training frequencies of the types
+    (``type_freq``) instead of a one-hot, the linear model's average over them."""
 
-    def __init__(self, weight, bias, prior, residual_cov, prior_cov, type_weight, type_bias, type_freq, types):
-        super().__init__(weight, bias, prior, residual_cov, prior_cov)
+    def _init_types(self, type_weight, type_bias, type_freq, types) -> None:
         self.type_weight, self.type_bias, self.type_freq = (torch.as_tensor(t, dtype=torch.float32)
                                                             for t in (type_weight, type_bias, type_freq))
         self.types = [str(t) for t in types]
@@ -181,6 +171,20 @@ class TypedStackMean(StackMean):
     def vocabulary(types) -> list[str]:
         """The sorted known types (non-empty strings) of ``types``."""
         return sorted({str(t) for t in types if isinstance(t, str) and t})
+
+    @classmethod
+    def _design(cls, c: np.ndarray, x: np.ndarray, types) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """(one-hot z (n, T), training frequencies (T,), the sorted types) of the rows' ``types``."""
+        types = np.asarray(types, dtype=object)
+        vocab = cls.vocabulary(types)
+        if len(types) != len(x) or not vocab:
+            raise CohereError(f"covariates: expected {len(x)} cancer types with at least one known, got "
+                              f"{len(types)} ({len(vocab)} known)")
+        known = np.isin(types, vocab)
+        z = (types[:, None] == np.asarray(vocab, dtype=object)[None, :]).astype(np.float64)  # (n, T)
+        freq = z[known].mean(0)
+        z[~known] = freq
+        return z, freq, vocab
 
     def onehot(self, types) -> torch.Tensor:
         """(n, T) one-hot rows of ``types`` (n,) strings; the training frequencies where a type
@@ -194,39 +198,86 @@ class TypedStackMean(StackMean):
             z[list(r), list(c)] = 1.0
         return z
 
+    def _with_types(self, conds, types) -> list[torch.Tensor]:
+        c = conds[0]
+        z = self.onehot([""] * len(c) if types is None else list(types)).to(c.device)
+        return [torch.cat([c, z.to(c.dtype)], dim=1)]
+
+    def prior_mean(self, types) -> torch.Tensor:
+        """(n, d) the target's mean given the type alone (the composition's prior mean)."""
+        return self.onehot(list(types)) @ self.type_weight.T + self.type_bias
+
+    def _type_tensors(self, prefix: str) -> dict[str, torch.Tensor]:
+        return {f"{prefix}.type_weight": self.type_weight, f"{prefix}.type_bias": self.type_bias,
+                f"{prefix}.type_freq": self.type_freq}
+
+    @staticmethod
+    def _type_shapes(d: int, prefix: str, n_types: int) -> dict[str, tuple[int, ...]]:
+        return {f"{prefix}.type_weight": (d, n_types), f"{prefix}.type_bias": (d,), f"{prefix}.type_freq": (n_types,)}
+
+
+class TypedStackMean(_TypeColumns, StackMean):
+    """A :class:`StackMean` whose ridge also sees the patient's cancer type, one-hot
+    (:class:`_TypeColumns`): x ~ W [c, z] + b. Why: in TCGA the cancer type alone predicts the
+    rppa latent better (R^2 0.13) than the cna latent does (0.035), and neither ridge nor the
+    networks recover it from the latents (``scripts/covariate_gain.py``). The covariance of the
+    residuals of the type-alone ridge (``prior_cov``) is the prior of the product of Gaussians
+    (:func:`cohere.generation.stacked_mean`). Tensors as :class:`StackMean`'s (``stack.weight``
+    (d, c + T)) plus ``stack.type_weight`` (d, T), ``stack.type_bias`` (d,), ``stack.type_freq`` (T,)."""
+
+    def __init__(self, weight, bias, prior, residual_cov, prior_cov, type_weight, type_bias, type_freq, types):
+        super().__init__(weight, bias, prior, residual_cov, prior_cov)
+        self._init_types(type_weight, type_bias, type_freq, types)
+
     @classmethod
     def fit(cls, c: np.ndarray, x: np.ndarray, types=None) -> "TypedStackMean":
-        types = np.asarray(types, dtype=object)
-        vocab = cls.vocabulary(types)
-        if len(types) != len(x) or not vocab:
-            raise CohereError(f"covariates: expected {len(x)} cancer types with at least one known, got "
-                              f"{len(types)} ({len(vocab)} known)")
-        known = np.isin(types, vocab)
-        z = (types[:, None] == np.asarray(vocab, dtype=object)[None, :]).astype(np.float64)  # (n, T)
-        freq = z[known].mean(0)
-        z[~known] = freq
+        z, freq, vocab = cls._design(c, x, types)
         joint = StackMean.fit(np.hstack([np.asarray(c, np.float64), z]), x)
         alone = StackMean.fit(z, x)
         return cls(joint.weight, joint.bias, joint.prior, joint.residual_cov, alone.residual_cov, alone.weight,
                    alone.bias, freq, vocab)
 
     def __call__(self, conds, mask=None, types=None) -> torch.Tensor:
-        c = conds[0]
-        z = self.onehot([""] * len(c) if types is None else list(types)).to(c.device)
-        return super().__call__([torch.cat([c, z.to(c.dtype)], dim=1)], mask)
-
-    def prior_mean(self, types) -> torch.Tensor:
-        """(n, d) the target's mean given the type alone (the composition's prior mean)."""
-        return self.onehot(list(types)) @ self.type_weight.T + self.type_bias
+        return super().__call__(self._with_types(conds, types), mask)
 
     def tensors(self, prefix: str = "stack") -> dict[str, torch.Tensor]:
-        return {**super().tensors(prefix), f"{prefix}.type_weight": self.type_weight,
-                f"{prefix}.type_bias": self.type_bias, f"{prefix}.type_freq": self.type_freq}
+        return {**super().tensors(prefix), **self._type_tensors(prefix)}
 
     @staticmethod
     def shapes(d: int, c: int, prefix: str = "stack", n_types: int = 1) -> dict[str, tuple[int, ...]]:
-        return {**StackMean.shapes(d, c + n_types, prefix), f"{prefix}.type_weight": (d, n_types),
-                f"{prefix}.type_bias": (d,), f"{prefix}.type_freq": (n_types,)}
+        return {**StackMean.shapes(d, c + n_types, prefix), **_TypeColumns._type_shapes(d, prefix, n_types)}
+
+
+class TypedRidge(_TypeColumns, RidgeMean):
+    """A :class:`RidgeMean` that also sees the patient's cancer type, one-hot
+    (:class:`_TypeColumns`): an expert's ridge from its condition to the target's features
+    (the feature stacking, :func:`add_feature_stacking`). Why: given the type, ridge to the
+    features beats the decoded mean of the draws for TCGA rppa (R^2 0.32-0.40 against
+    0.29-0.38 on val, ``scripts/covariate_gain.py``), while ridge without it is far worse
+    (0.03-0.17), so a type-free feature stacking has nothing to add. Tensors as
+    :class:`RidgeMean`'s (``fstack.weight`` (F, c + T)) plus ``fstack.type_weight`` (F, T),
+    ``fstack.type_bias`` (F,), ``fstack.type_freq`` (T,)."""
+
+    def __init__(self, weight, bias, prior, type_weight, type_bias, type_freq, types):
+        super().__init__(weight, bias, prior)
+        self._init_types(type_weight, type_bias, type_freq, types)
+
+    @classmethod
+    def fit(cls, c: np.ndarray, x: np.ndarray, types=None) -> "TypedRidge":
+        z, freq, vocab = cls._design(c, x, types)
+        joint = RidgeMean.fit(np.hstack([np.asarray(c, np.float64), z]), x)
+        alone = RidgeMean.fit(z, x)
+        return cls(joint.weight, joint.bias, joint.prior, alone.weight, alone.bias, freq, vocab)
+
+    def __call__(self, conds, mask=None, types=None) -> torch.Tensor:
+        return super().__call__(self._with_types(conds, types), mask)
+
+    def tensors(self, prefix: str = "fstack") -> dict[str, torch.Tensor]:
+        return {**super().tensors(prefix), **self._type_tensors(prefix)}
+
+    @staticmethod
+    def shapes(d: int, c: int, prefix: str = "fstack", n_types: int = 1) -> dict[str, tuple[int, ...]]:
+        return {**RidgeMean.shapes(d, c + n_types, prefix), **_TypeColumns._type_shapes(d, prefix, n_types)}
 
 
 # the grid of stacking weights alpha (1 = the network's mean alone, 0 = ridge's)
@@ -442,6 +493,19 @@ def validation_scorer(schedule: NoiseSchedule, cfg: TrainConfig, bounds, offset=
     return score
 
 
+def _recorded_types(folder, block: str, cfg) -> list[str] | None:
+    """The cancer types a config block (``stacking``, ``feature_stacking``) records in its
+    ``covariates``, or None (a block without them, from before them); refused if malformed."""
+    covs = cfg.get("covariates") if isinstance(cfg, dict) else None
+    types = covs.get(COVARIATE) if isinstance(covs, dict) else None
+    if covs is not None and (not isinstance(covs, dict) or set(covs) != {COVARIATE} or not isinstance(types, list)
+                             or not types or not all(isinstance(t, str) and t for t in types)
+                             or types != sorted(set(types))):
+        raise CohereError(f"{folder}: unsupported {block} covariates {covs!r}; cohere experts record "
+                          f"{{'{COVARIATE}': [the sorted distinct cancer types, non-empty strings]}}")
+    return types
+
+
 class _DiffusionModel:
     """What experts and multi-condition models share: the network, its schedule, the
     contract, the metrics, saving, loading and sampling."""
@@ -553,6 +617,13 @@ class _DiffusionModel:
                                                "decoded draws is moved by beta towards its prediction",
                                        "chosen_on": "the held-out rows, by the features' squared error "
                                                     "(metrics.held_out_features)"}
+            if isinstance(self.fstack, TypedRidge):
+                cfg["feature_stacking"]["covariates"] = {COVARIATE: list(self.fstack.types)}
+                cfg["feature_stacking"]["what"] = (
+                    "ridge from the condition latent and the one-hot cancer type to the target's features (tensors "
+                    "fstack.*; fstack.type_*: ridge on the type alone and the types' training frequencies, used "
+                    "where a patient's type is unknown) fitted on the training rows; the mean of a patient's "
+                    "decoded draws is moved by beta towards its prediction")
         if self.stack is not None:
             cfg["stacking"] = {"alpha": self.stack_alpha, "mean": "ridge (tensors stack.*: coefficients, training "
                                                                   "mean, residual and target covariances) fitted on "
@@ -627,13 +698,7 @@ class _DiffusionModel:
                                      or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1):
             raise CohereError(f"{folder}: unsupported stacking {stacking!r}; cohere experts record "
                               "{'alpha': a number in [0, 1], ...}")
-        covs = stacking.get("covariates") if isinstance(stacking, dict) else None  # before them: none
-        types = covs.get(COVARIATE) if isinstance(covs, dict) else None
-        if covs is not None and (not isinstance(covs, dict) or set(covs) != {COVARIATE} or not isinstance(types, list)
-                                 or not types or not all(isinstance(t, str) and t for t in types)
-                                 or types != sorted(set(types))):
-            raise CohereError(f"{folder}: unsupported stacking covariates {covs!r}; cohere experts record "
-                              f"{{'{COVARIATE}': [the sorted distinct cancer types, non-empty strings]}}")
+        types = _recorded_types(folder, "stacking", stacking)
         if stacking is None:
             stack_shapes = {}
         elif types is None:
@@ -652,7 +717,13 @@ class _DiffusionModel:
                                 or isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta <= 1):
             raise CohereError(f"{folder}: unsupported feature_stacking {fst!r}; cohere experts record "
                               "{'beta': a number in [0, 1], 'features': a positive int, ...}")
-        fstack_shapes = RidgeMean.shapes(ffeat, dcfg.cond_dims[0], "fstack") if fst is not None else {}
+        ftypes = _recorded_types(folder, "feature_stacking", fst)
+        if fst is None:
+            fstack_shapes = {}
+        elif ftypes is None:
+            fstack_shapes = RidgeMean.shapes(ffeat, dcfg.cond_dims[0], "fstack")
+        else:
+            fstack_shapes = TypedRidge.shapes(ffeat, dcfg.cond_dims[0], n_types=len(ftypes))
         art.expect({**{k: tuple(v.shape) for k, v in state.items()}, "x0_bounds.low": (d,), "x0_bounds.high": (d,),
                     **mean_shapes, **stack_shapes, **head_shapes, **fstack_shapes,
                     "noise_error": (2 ** len(sources), schedule.num_train_timesteps)})
@@ -664,7 +735,10 @@ class _DiffusionModel:
             stack = StackMean(*(tensors.pop(k) for k in stack_shapes)) if types is None else \
                 TypedStackMean(*(tensors.pop(k) for k in stack_shapes), types)
         head = RidgeMean(*(tensors.pop(k) for k in head_shapes)) if head_shapes else None
-        fstack = RidgeMean(*(tensors.pop(k) for k in fstack_shapes)) if fstack_shapes else None
+        fstack = None
+        if fstack_shapes:
+            fstack = RidgeMean(*(tensors.pop(k) for k in fstack_shapes)) if ftypes is None else \
+                TypedRidge(*(tensors.pop(k) for k in fstack_shapes), ftypes)
         noise_error = tensors.pop("noise_error")
         # num_batches_tracked is an integer buffer that save_artifact stores as float: cast back
         model.load_state_dict({k: v.to(state[k].dtype) for k, v in tensors.items()}, strict=True)
@@ -847,7 +921,7 @@ class _DiffusionModel:
             check_profile(profile)
         full = tr if mask is None else tr[(mask[tr] > 0).all(1)]  # training rows with every condition
         types = None if covariates is None else np.asarray(covariates, dtype=object)
-        if types is not None and not TypedStackMean.vocabulary(types[tr]):
+        if types is not None and not _TypeColumns.vocabulary(types[tr]):
             types = None  # no training row of known type: the type-free stacking
         if not stack:
             stacking = None
@@ -1034,7 +1108,8 @@ def add_feature_stacking(expert: Expert, target_encoder, source_latents, target_
     ``source_latents`` and ``target_latents`` (n, d) and the target's
     :func:`cohere.training.feature_residuals` (n, F), in the same order; the target's
     features are the residuals plus decode(target latents)): ridge from the condition latent
-    to the features (:class:`RidgeMean`), fitted on the training rows of its recipe's split,
+    to the features (:class:`RidgeMean`; :class:`TypedRidge`, which also sees the cancer type,
+    with ``covariates`` of which a training row's is known), fitted on the training rows of its recipe's split,
     and its weight beta (:func:`feature_stack_weight`) on the held-out rows, where
     ``REPORT_DRAWS`` draws per row are generated as :mod:`cohere.generation` does (mean
     stacking and residual head included) and decoded. Generation then moves the mean of a
@@ -1055,25 +1130,28 @@ def add_feature_stacking(expert: Expert, target_encoder, source_latents, target_
                           f"got {r.shape}")
     features = r + target_encoder.decode(x).to_numpy(np.float64)
     tr, va = split_validation(torch.ones(len(x), 1), cfg.val_fraction, cfg.seed)
-    ridge = RidgeMean.fit(c[tr], features[tr])
+    types = _covariates(covariates, len(x))
+    if types is not None and not TypedRidge.vocabulary(types[tr]):
+        types = None  # no training row of known type: the type-free ridge
+    ridge = RidgeMean.fit(c[tr], features[tr]) if types is None else TypedRidge.fit(c[tr], features[tr], types[tr])
+    tva = None if types is None else types[va]
     cv = torch.from_numpy(np.ascontiguousarray(c[va]))
     with torch.no_grad():
         draws = torch.from_numpy(expert.sample(cv, n_draws=REPORT_DRAWS, seed=cfg.seed + 4))
         if expert.stack is not None:
-            types = _covariates(covariates, len(x))
-            draws = recenter(draws, expert.stack_point([cv], None if types is None else types[va]), expert.stack_alpha)
+            draws = recenter(draws, expert.stack_point([cv], tva), expert.stack_alpha)
         K, n, d = draws.shape
         decoded = target_encoder.decode(draws.reshape(K * n, d).numpy()).to_numpy(np.float64).reshape(K, n, -1)
         decoded = decoded + expert.head_shift([cv]).double().numpy()[None]  # decode may return a read-only view
-        point = ridge([cv]).double().numpy()
+        point = ridge([cv], types=tva).double().numpy()
     mean = decoded.mean(0)
     beta = feature_stack_weight(features[va], mean, point)
     report = {"beta": beta, "r2_decoded_mean": scores.r2(features[va], mean), "r2_ridge": scores.r2(features[va], point),
               "r2_stacked": scores.r2(features[va], (1 - beta) * mean + beta * point)}
     metrics = {**expert.metrics, "held_out_features": {k: round(float(v), 4) for k, v in report.items()}
                | {"n": int(n), "draws": int(K)}}
-    return _fitted_after(expert, {"feature_stacking": True} if record else {}, fstack=ridge, fstack_beta=beta,
-                         metrics=metrics)
+    request = {"feature_stacking": True} | ({} if types is None else {"covariates_sha256": covariates_digest(covariates)})
+    return _fitted_after(expert, request if record else {}, fstack=ridge, fstack_beta=beta, metrics=metrics)
 
 
 def recalibrate(model: "_DiffusionModel", target_latents, source_latents: Mapping[str, object],

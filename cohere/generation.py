@@ -27,7 +27,8 @@ from .artifacts import read_config
 from .cohort import Cohort
 from .encoders import Encoder, latent_columns, load_encoder
 from .errors import CohereError
-from .experts import COVARIATE, SAMPLER_STEPS, Expert, MultiConditionModel, covariate_values, list_models, load_model
+from .experts import (COVARIATE, SAMPLER_STEPS, Expert, MultiConditionModel, TypedRidge, covariate_values,
+                      list_models, load_model)
 from .modalities import Imputation, registry
 from .modalities.base import DEFAULT_MIN_COVERAGE
 from .sampling import CONSENSUS, METHODS, VARIANCES, Generation, generate, recenter
@@ -211,28 +212,39 @@ def residual_shift(experts: list[Expert], conds: dict, weights: list[float]) -> 
     return _compose_ridges([e.head for e in experts], experts, conds, weights)
 
 
-def _compose_ridges(ridges: list, experts: list[Expert], conds: dict, weights: list[float]) -> torch.Tensor:
+def _compose_ridges(ridges: list, experts: list[Expert], conds: dict, weights: list[float],
+                    types=None) -> torch.Tensor:
     """(n, F) the experts' ridge predictions r_i(c_i) (``ridges``: one RidgeMean each),
     composed as the consensus composes the noise predictions: m + sum_i w_i (r_i - m), m the
-    mean of their training means."""
-    r = torch.stack([ridge([torch.as_tensor(conds[e.source], dtype=torch.float32)]) for ridge, e in zip(ridges, experts)])
-    m = torch.stack([ridge.prior for ridge in ridges]).mean(0)
+    mean of their training means. When every ridge also sees the cancer type
+    (:class:`cohere.experts.TypedRidge`; ``types``: the patients' types, "" where unknown), m
+    is the mean of their predictions from the type alone: each r_i already holds the type's
+    effect, and a type-free m would count it once per expert."""
+    n = len(next(iter(conds.values())))
+    types = [""] * n if types is None else list(types)
+    r = torch.stack([ridge([torch.as_tensor(conds[e.source], dtype=torch.float32)], types=types)
+                     for ridge, e in zip(ridges, experts)])
+    if all(isinstance(ridge, TypedRidge) for ridge in ridges):
+        m = torch.stack([ridge.prior_mean(types) for ridge in ridges]).mean(0)  # (n, F)
+    else:
+        m = torch.stack([ridge.prior for ridge in ridges]).mean(0)
     w = torch.tensor(weights, dtype=torch.float32)
     return m + (w[:, None, None] * (r - m)).sum(0)
 
 
-def feature_stacking(experts: list[Expert], conds: dict, weights: list[float]) -> tuple | None:
+def feature_stacking(experts: list[Expert], conds: dict, weights: list[float], types=None) -> tuple | None:
     """(point (n, F), beta) that the mean of every patient's decoded draws is stacked with
     (:func:`decoded_draws`), or None when an expert has none (artifacts before it). Each expert
     records ridge from its condition to the target's features, f_i(c_i), and the weight beta_i
     it chose on its held-out rows (:func:`cohere.experts.feature_stack_weight`). The point
     composes them as the residual heads are composed (:func:`residual_shift`),
     m + sum_i w_i (f_i - m) with m the training mean of the features; beta is the weighted
-    mean of the beta_i."""
+    mean of the beta_i. ``types``: the patients' cancer types, for feature stackings that see
+    them (:class:`cohere.experts.TypedRidge`; m is then the features' mean given the type)."""
     if any(e.fstack is None for e in experts):
         return None
     beta = float(sum(wi * e.fstack_beta for wi, e in zip(weights, experts)) / float(sum(weights)))
-    return _compose_ridges([e.fstack for e in experts], experts, conds, weights), beta
+    return _compose_ridges([e.fstack for e in experts], experts, conds, weights, types), beta
 
 
 def stacked_mean(experts: list[Expert], conds: dict, weights: list[float], types=None) -> tuple | None:
@@ -297,7 +309,7 @@ def expert_consensus(experts: list[Expert], conds: dict, consensus: str = DEFAUL
     bounds = (torch.stack([e.x0_bounds[0] for e in kept]).amin(0), torch.stack([e.x0_bounds[1] for e in kept]).amax(0))
     stack = stacked_mean(kept, conds, kept_w, types) if stacking else None
     shift = residual_shift(kept, conds, kept_w) if residual else None
-    fstack = feature_stacking(kept, conds, kept_w) if stacking else None
+    fstack = feature_stacking(kept, conds, kept_w, types) if stacking else None
     return Consensus(members, prior, [e.id for e in kept], kept_w, kept[0].schedule, bounds, stack, shift, fstack)
 
 

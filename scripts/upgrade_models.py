@@ -18,6 +18,9 @@ Every model in MODELS/experts is rebuilt from the same code as training, on late
   (:class:`cohere.experts.TypedStackMean`); both through :func:`cohere.experts.recalibrate`
   with the stacking refitted, which recalibrates too, and the feature-stacking weight is then
   chosen anew (it is chosen on draws recentred as generation does);
+- where the cohort's clinical.csv records the cancer type, an expert whose feature stacking
+  does not see it gets one that does (:class:`cohere.experts.TypedRidge`, its weight chosen
+  anew);
 - an expert without a residual head gets one (:func:`cohere.experts.add_head`): ridge from the
   condition latents to the target's :func:`cohere.training.feature_residuals` on all its
   training rows;
@@ -48,22 +51,30 @@ def main() -> int:
     from cohere.diffusion.train import TrainConfig
     from cohere.encoders import load_encoder
     from cohere.errors import CohereError
-    from cohere.experts import (COVARIATE, SAMPLER_STEPS, Expert, MultiConditionModel, add_feature_stacking, add_head,
-                                list_models, load_model, recalibrate)
+    from cohere.experts import (COVARIATE, SAMPLER_STEPS, Expert, MultiConditionModel, TypedRidge, add_feature_stacking,
+                                add_head, list_models, load_model, recalibrate)
     from cohere.training import make_jobs
+
+    cohort_has_types = False  # set below, once the cohort is read
 
     def untyped(model) -> bool:  # an expert whose stacking could also see the cancer type
         return isinstance(model, Expert) and model.stack is not None and model.covariate_types is None \
-            and cohort.clinical is not None and COVARIATE in cohort.clinical.columns
+            and cohort_has_types
+
+    def untyped_fstack(model) -> bool:  # an expert whose feature stacking could also see the cancer type
+        return isinstance(model, Expert) and model.fstack is not None and not isinstance(model.fstack, TypedRidge) \
+            and cohort_has_types
 
     def unstacked_spread(model) -> bool:  # an expert with stacking whose spread was calibrated on the raw draws
         return isinstance(model, Expert) and model.stack is not None and model.spread_on != "stacked"
 
     def stale(model) -> bool:
         lacks = isinstance(model, Expert) and None in (model.stack, model.head, model.fstack)
-        return model.sampler_steps != SAMPLER_STEPS or lacks or untyped(model) or unstacked_spread(model)
+        return (model.sampler_steps != SAMPLER_STEPS or lacks or untyped(model) or unstacked_spread(model)
+                or untyped_fstack(model))
 
     cohort = Cohort.read(args.cohort)
+    cohort_has_types = cohort.clinical is not None and COVARIATE in cohort.clinical.columns
     todo = [(folder, model) for folder, model in ((f, load_model(f)) for f in list_models(args.models))
             if isinstance(model, (Expert, MultiConditionModel)) and stale(model)]
     if not todo:
@@ -96,7 +107,8 @@ def main() -> int:
                 fitted = model
             if isinstance(fitted, Expert) and fitted.head is None:
                 fitted = add_head(fitted, sources[model.source], job.residuals)
-            if isinstance(fitted, Expert) and (fitted.fstack is None or typed or fitted is not model):
+            if isinstance(fitted, Expert) and (fitted.fstack is None or typed or fitted is not model
+                                               or untyped_fstack(fitted)):
                 # its weight is chosen on draws recentred as generation does, so after the stacking changed
                 fitted = add_feature_stacking(fitted, encoders[model.target], sources[model.source], x, job.residuals,
                                               covariates=job.covariates)

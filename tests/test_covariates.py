@@ -86,17 +86,18 @@ def test_an_expert_records_its_covariates_and_loads_them_back(tmp_path, typed_ex
     assert not torch.equal(back.stack_point(c, [""] * 5), e.stack_point(c, list(types[:5])))
 
 
+@pytest.mark.parametrize("block", ["stacking", "feature_stacking"])
 @pytest.mark.parametrize("covs", [{"stage": TYPES}, {"cancer_type": []}, {"cancer_type": ["LUAD", "BRCA"]},
                                   {"cancer_type": ["BRCA", ""]}, ["BRCA"]])
-def test_malformed_covariates_in_a_config_are_refused(tmp_path, typed_expert, covs):
+def test_malformed_covariates_in_a_config_are_refused(tmp_path, typed_fstack_expert, block, covs):
     from cohere.artifacts import save_artifact, load_artifact
 
-    typed_expert.save(tmp_path / "e")
+    typed_fstack_expert[0].save(tmp_path / "e")
     art = load_artifact(tmp_path / "e")
     cfg = json.loads(json.dumps(art.config))
-    cfg["stacking"]["covariates"] = covs
+    cfg[block]["covariates"] = covs
     save_artifact(tmp_path / "bad", cfg, art.tensors, "card")
-    with pytest.raises(CohereError, match=r"unsupported stacking covariates .*; cohere experts record "
+    with pytest.raises(CohereError, match=rf"unsupported {block} covariates .*; cohere experts record "
                                           r"\{'cancer_type': \[the sorted distinct cancer types, non-empty strings\]\}"):
         load_model(tmp_path / "bad")
 
@@ -198,3 +199,75 @@ def test_generation_reads_the_cancer_type_from_clinical_csv(sim, tmp_path, capsy
                         "--out", str(tmp_path / "out.parquet")], capsys)
     assert code == 0
     assert "cancer type: known for 20 of 20 patients (clinical.csv cancer_type)" in err
+
+
+# ----------------------------------------------------------------------------- feature stacking
+
+
+class LinearDecoder:  # a known linear decoder (latent -> 6 features), standing in for a target encoder
+    def __init__(self, d: int = 4):
+        self.A = np.random.default_rng(3).standard_normal((d, 6)) / np.sqrt(d)
+
+    def decode(self, z):
+        return pd.DataFrame(np.asarray(z, np.float64) @ self.A)
+
+
+@pytest.fixture(scope="module")
+def typed_fstack_expert(typed_expert):
+    from cohere.experts import add_feature_stacking, add_head
+
+    c1, _, x, types = typed_data()
+    rng = np.random.default_rng(4)
+    # the features outside the latent also depend on the type: what a type-free ridge cannot say
+    offsets = {"BRCA": 1.5, "LUAD": -1.5, "SKCM": 0.0}
+    resid = (np.array([offsets[t] for t in types])[:, None] + 0.1 * rng.standard_normal((len(x), 6))).astype(np.float32)
+    with_head = add_head(typed_expert, c1, resid)
+    return add_feature_stacking(with_head, LinearDecoder(), c1, x, resid, covariates=types), with_head, resid
+
+
+def test_the_feature_stacking_sees_the_type_records_it_and_loads_it_back(tmp_path, typed_fstack_expert):
+    from cohere.experts import RidgeMean, TypedRidge, add_feature_stacking
+
+    e, with_head, resid = typed_fstack_expert
+    c1, _, x, types = typed_data()
+    assert isinstance(e.fstack, TypedRidge) and e.fstack.types == TYPES
+    f = e.metrics["held_out_features"]
+    assert f["r2_stacked"] >= f["r2_decoded_mean"] - 1e-9  # beta = 0 (the draws alone) is on the grid
+    untyped = add_feature_stacking(with_head, LinearDecoder(), c1, x, resid)  # no covariates: the type-free ridge
+    assert type(untyped.fstack) is RidgeMean
+    assert f["r2_ridge"] > untyped.metrics["held_out_features"]["r2_ridge"]  # the type is worth something
+    e.save(tmp_path / "e")
+    cfg = json.loads((tmp_path / "e" / "config.json").read_text())
+    assert cfg["feature_stacking"]["covariates"] == {"cancer_type": TYPES}
+    assert "and the one-hot cancer type" in (tmp_path / "e" / "README.md").read_text()
+    back = load_model(tmp_path / "e")
+    assert isinstance(back.fstack, TypedRidge) and back.fstack_beta == e.fstack_beta
+    c = [torch.from_numpy(c1[:5])]
+    assert torch.equal(back.fstack(c, types=list(types[:5])), e.fstack(c, types=list(types[:5])))
+    assert not torch.equal(back.fstack(c, types=[""] * 5), e.fstack(c, types=list(types[:5])))
+
+
+class FStub:  # what feature_stacking reads of an expert
+    def __init__(self, source, fstack):
+        self.source, self.fstack, self.fstack_beta = source, fstack, 0.5
+
+
+def test_the_type_is_counted_once_when_typed_feature_stackings_are_composed():
+    from cohere.experts import TypedRidge
+    from cohere.generation import feature_stacking
+
+    c1, c2, x, types = typed_data(n=2000, seed=1)
+    one, two = TypedRidge.fit(c1, x, types), TypedRidge.fit(c2, x, types)
+    conds = {"rnaseq": c1, "rppa": c2}
+    single, beta = feature_stacking([FStub("rnaseq", one)], conds, [1.0], types)
+    assert beta == 0.5 and torch.allclose(single, one([torch.from_numpy(c1)], types=list(types)), atol=1e-5)
+    both, _ = feature_stacking([FStub("rnaseq", one), FStub("rppa", two)], conds, [0.5, 0.5], types)
+    err = lambda p: float(((p.numpy() - x) ** 2).mean())  # noqa: E731
+    assert err(both) < err(single)  # the average of two independent sources is sharper than one
+    # m is the features' mean given the type: with weights summing to 2, a type-free m (the
+    # global mean) would count the type's offset twice
+    twice, _ = feature_stacking([FStub("rnaseq", one), FStub("rppa", two)], conds, [1.0, 1.0], types)
+    f1, f2 = (r([torch.from_numpy(c)], types=list(types)) for r, c in ((one, c1), (two, c2)))
+    m_type = (one.prior_mean(types) + two.prior_mean(types)) / 2
+    assert torch.allclose(twice, f1 + f2 - m_type, atol=1e-4)
+    assert err(f1 + f2 - (one.prior + two.prior) / 2) > 1.5 * err(twice)
