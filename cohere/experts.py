@@ -159,13 +159,25 @@ class _TypeColumns:
     (``types``: the training rows' types, sorted), and the ridge of the target on the type
     alone (``type_weight``, ``type_bias``): the prior mean over which several experts'
     predictions are composed (:mod:`cohere.generation`), so that the type is counted once, not
-    once per expert. A patient of unknown type gets the training frequencies of the types
-    (``type_freq``) instead of a one-hot, the linear model's average over them."""
+    once per expert. A patient of unknown type gets, instead of a one-hot, its type predicted
+    from the condition (``type_from``: ridge from the condition latent to the one-hot type, on
+    the training rows of known type), so the ridge gives what a ridge without the type would:
+    for least squares fitted on the same rows exactly (W_c c + W_z (G c + g) is the type-free
+    regression, the omitted-variable identity). Artifacts from before it give such a patient
+    the training frequencies of the types (``type_freq``), which loses what the condition says
+    about the type."""
 
-    def _init_types(self, type_weight, type_bias, type_freq, types) -> None:
+    def _init_types(self, type_weight, type_bias, type_freq, types, from_weight=None, from_bias=None) -> None:
         self.type_weight, self.type_bias, self.type_freq = (torch.as_tensor(t, dtype=torch.float32)
                                                             for t in (type_weight, type_bias, type_freq))
         self.types = [str(t) for t in types]
+        self.type_from = None if from_weight is None else RidgeMean(from_weight, from_bias, self.type_freq)
+
+    @classmethod
+    def _type_from(cls, c: np.ndarray, z: np.ndarray, types) -> "RidgeMean":
+        """Ridge from the condition ``c`` (n, c) to the one-hot type ``z`` (n, T) on the rows of known type."""
+        known = np.isin(np.asarray(types, dtype=object), cls.vocabulary(types))
+        return RidgeMean.fit(np.asarray(c, np.float64)[known], z[known])
 
     @staticmethod
     def vocabulary(types) -> list[str]:
@@ -186,11 +198,15 @@ class _TypeColumns:
         z[~known] = freq
         return z, freq, vocab
 
-    def onehot(self, types) -> torch.Tensor:
-        """(n, T) one-hot rows of ``types`` (n,) strings; the training frequencies where a type
-        is unknown ("" or not among :attr:`types`)."""
+    def onehot(self, types, c: torch.Tensor | None = None) -> torch.Tensor:
+        """(n, T) one-hot rows of ``types`` (n,) strings; where a type is unknown ("" or not
+        among :attr:`types`), the type predicted from the condition ``c`` (n, c) when given and
+        the artifact has ``type_from``, else the training frequencies."""
         index = {t: i for i, t in enumerate(self.types)}
-        z = self.type_freq.repeat(len(types), 1)
+        if c is not None and self.type_from is not None:
+            z = self.type_from([c.float().cpu()]).clone()
+        else:
+            z = self.type_freq.repeat(len(types), 1)
         rows = [(r, index[t]) for r, t in enumerate(types) if t in index]
         if rows:
             r, c = zip(*rows)
@@ -200,7 +216,7 @@ class _TypeColumns:
 
     def _with_types(self, conds, types) -> list[torch.Tensor]:
         c = conds[0]
-        z = self.onehot([""] * len(c) if types is None else list(types)).to(c.device)
+        z = self.onehot([""] * len(c) if types is None else list(types), c).to(c.device)
         return [torch.cat([c, z.to(c.dtype)], dim=1)]
 
     def prior_mean(self, types) -> torch.Tensor:
@@ -208,12 +224,18 @@ class _TypeColumns:
         return self.onehot(list(types)) @ self.type_weight.T + self.type_bias
 
     def _type_tensors(self, prefix: str) -> dict[str, torch.Tensor]:
-        return {f"{prefix}.type_weight": self.type_weight, f"{prefix}.type_bias": self.type_bias,
-                f"{prefix}.type_freq": self.type_freq}
+        out = {f"{prefix}.type_weight": self.type_weight, f"{prefix}.type_bias": self.type_bias,
+               f"{prefix}.type_freq": self.type_freq}
+        if self.type_from is not None:
+            out |= {f"{prefix}.type_from_weight": self.type_from.weight, f"{prefix}.type_from_bias": self.type_from.bias}
+        return out
 
     @staticmethod
-    def _type_shapes(d: int, prefix: str, n_types: int) -> dict[str, tuple[int, ...]]:
-        return {f"{prefix}.type_weight": (d, n_types), f"{prefix}.type_bias": (d,), f"{prefix}.type_freq": (n_types,)}
+    def _type_shapes(d: int, c: int, prefix: str, n_types: int, predicted: bool) -> dict[str, tuple[int, ...]]:
+        out = {f"{prefix}.type_weight": (d, n_types), f"{prefix}.type_bias": (d,), f"{prefix}.type_freq": (n_types,)}
+        if predicted:
+            out |= {f"{prefix}.type_from_weight": (n_types, c), f"{prefix}.type_from_bias": (n_types,)}
+        return out
 
 
 class TypedStackMean(_TypeColumns, StackMean):
@@ -225,17 +247,19 @@ class TypedStackMean(_TypeColumns, StackMean):
     (:func:`cohere.generation.stacked_mean`). Tensors as :class:`StackMean`'s (``stack.weight``
     (d, c + T)) plus ``stack.type_weight`` (d, T), ``stack.type_bias`` (d,), ``stack.type_freq`` (T,)."""
 
-    def __init__(self, weight, bias, prior, residual_cov, prior_cov, type_weight, type_bias, type_freq, types):
+    def __init__(self, weight, bias, prior, residual_cov, prior_cov, type_weight, type_bias, type_freq, types,
+                 from_weight=None, from_bias=None):
         super().__init__(weight, bias, prior, residual_cov, prior_cov)
-        self._init_types(type_weight, type_bias, type_freq, types)
+        self._init_types(type_weight, type_bias, type_freq, types, from_weight, from_bias)
 
     @classmethod
     def fit(cls, c: np.ndarray, x: np.ndarray, types=None) -> "TypedStackMean":
         z, freq, vocab = cls._design(c, x, types)
         joint = StackMean.fit(np.hstack([np.asarray(c, np.float64), z]), x)
         alone = StackMean.fit(z, x)
+        g = cls._type_from(c, z, types)
         return cls(joint.weight, joint.bias, joint.prior, joint.residual_cov, alone.residual_cov, alone.weight,
-                   alone.bias, freq, vocab)
+                   alone.bias, freq, vocab, g.weight, g.bias)
 
     def __call__(self, conds, mask=None, types=None) -> torch.Tensor:
         return super().__call__(self._with_types(conds, types), mask)
@@ -244,8 +268,9 @@ class TypedStackMean(_TypeColumns, StackMean):
         return {**super().tensors(prefix), **self._type_tensors(prefix)}
 
     @staticmethod
-    def shapes(d: int, c: int, prefix: str = "stack", n_types: int = 1) -> dict[str, tuple[int, ...]]:
-        return {**StackMean.shapes(d, c + n_types, prefix), **_TypeColumns._type_shapes(d, prefix, n_types)}
+    def shapes(d: int, c: int, prefix: str = "stack", n_types: int = 1,
+               predicted: bool = True) -> dict[str, tuple[int, ...]]:
+        return {**StackMean.shapes(d, c + n_types, prefix), **_TypeColumns._type_shapes(d, c, prefix, n_types, predicted)}
 
 
 class TypedRidge(_TypeColumns, RidgeMean):
@@ -258,16 +283,17 @@ class TypedRidge(_TypeColumns, RidgeMean):
     :class:`RidgeMean`'s (``fstack.weight`` (F, c + T)) plus ``fstack.type_weight`` (F, T),
     ``fstack.type_bias`` (F,), ``fstack.type_freq`` (T,)."""
 
-    def __init__(self, weight, bias, prior, type_weight, type_bias, type_freq, types):
+    def __init__(self, weight, bias, prior, type_weight, type_bias, type_freq, types, from_weight=None, from_bias=None):
         super().__init__(weight, bias, prior)
-        self._init_types(type_weight, type_bias, type_freq, types)
+        self._init_types(type_weight, type_bias, type_freq, types, from_weight, from_bias)
 
     @classmethod
     def fit(cls, c: np.ndarray, x: np.ndarray, types=None) -> "TypedRidge":
         z, freq, vocab = cls._design(c, x, types)
         joint = RidgeMean.fit(np.hstack([np.asarray(c, np.float64), z]), x)
         alone = RidgeMean.fit(z, x)
-        return cls(joint.weight, joint.bias, joint.prior, alone.weight, alone.bias, freq, vocab)
+        g = cls._type_from(c, z, types)
+        return cls(joint.weight, joint.bias, joint.prior, alone.weight, alone.bias, freq, vocab, g.weight, g.bias)
 
     def __call__(self, conds, mask=None, types=None) -> torch.Tensor:
         return super().__call__(self._with_types(conds, types), mask)
@@ -276,8 +302,9 @@ class TypedRidge(_TypeColumns, RidgeMean):
         return {**super().tensors(prefix), **self._type_tensors(prefix)}
 
     @staticmethod
-    def shapes(d: int, c: int, prefix: str = "fstack", n_types: int = 1) -> dict[str, tuple[int, ...]]:
-        return {**RidgeMean.shapes(d, c + n_types, prefix), **_TypeColumns._type_shapes(d, prefix, n_types)}
+    def shapes(d: int, c: int, prefix: str = "fstack", n_types: int = 1,
+               predicted: bool = True) -> dict[str, tuple[int, ...]]:
+        return {**RidgeMean.shapes(d, c + n_types, prefix), **_TypeColumns._type_shapes(d, c, prefix, n_types, predicted)}
 
 
 # the grid of stacking weights alpha (1 = the network's mean alone, 0 = ridge's)
@@ -506,6 +533,35 @@ def _recorded_types(folder, block: str, cfg) -> list[str] | None:
     return types
 
 
+# how a typed ridge treats a patient of unknown type (its config block's ``unknown_type``);
+# artifacts that record none use the training frequencies
+UNKNOWN_TYPE = {"predicted from the condition": True, "training frequencies": False}
+
+
+def _unknown_type_label(ridge) -> str:
+    return next(k for k, v in UNKNOWN_TYPE.items() if v == (ridge.type_from is not None))
+
+
+def _predicts_unknown_type(folder, block: str, cfg: dict) -> bool:
+    """Whether a config block's typed ridge predicts an unknown type from the condition
+    (tensors ``PREFIX.type_from_*``); refused if the block records anything else."""
+    value = cfg.get("unknown_type", "training frequencies")
+    if not isinstance(value, str) or value not in UNKNOWN_TYPE:
+        raise CohereError(f"{folder}: unsupported {block}.unknown_type {value!r}; cohere experts record one of "
+                          f"{', '.join(map(repr, UNKNOWN_TYPE))}")
+    return UNKNOWN_TYPE[value]
+
+
+def _typed_args(tensors: dict, shapes: dict, prefix: str) -> list:
+    """The tensors of a typed ridge's ``shapes`` in order, less its ``type_from_*`` (popped from ``tensors``)."""
+    return [tensors.pop(k) for k in shapes if not k.startswith(f"{prefix}.type_from_")]
+
+
+def _type_from_args(tensors: dict, prefix: str) -> tuple:
+    """(weight, bias) of a typed ridge's ``type_from`` ridge, or (None, None) (popped from ``tensors``)."""
+    return tuple(tensors.pop(f"{prefix}.type_from_{k}", None) for k in ("weight", "bias"))
+
+
 class _DiffusionModel:
     """What experts and multi-condition models share: the network, its schedule, the
     contract, the metrics, saving, loading and sampling."""
@@ -619,10 +675,12 @@ class _DiffusionModel:
                                                     "(metrics.held_out_features)"}
             if isinstance(self.fstack, TypedRidge):
                 cfg["feature_stacking"]["covariates"] = {COVARIATE: list(self.fstack.types)}
+                cfg["feature_stacking"]["unknown_type"] = _unknown_type_label(self.fstack)
                 cfg["feature_stacking"]["what"] = (
                     "ridge from the condition latent and the one-hot cancer type to the target's features (tensors "
-                    "fstack.*; fstack.type_*: ridge on the type alone and the types' training frequencies, used "
-                    "where a patient's type is unknown) fitted on the training rows; the mean of a patient's "
+                    "fstack.*; fstack.type_*: ridge on the type alone and the types' training frequencies; "
+                    "fstack.type_from_*: ridge from the condition to the type, for a patient whose type is unknown: "
+                    "unknown_type) fitted on the training rows; the mean of a patient's "
                     "decoded draws is moved by beta towards its prediction")
         if self.stack is not None:
             cfg["stacking"] = {"alpha": self.stack_alpha, "mean": "ridge (tensors stack.*: coefficients, training "
@@ -631,9 +689,11 @@ class _DiffusionModel:
                                "chosen_on": "the held-out rows, by the energy score (metrics.held_out)"}
             if isinstance(self.stack, TypedStackMean):
                 cfg["stacking"]["covariates"] = {COVARIATE: list(self.stack.types)}
+                cfg["stacking"]["unknown_type"] = _unknown_type_label(self.stack)
                 cfg["stacking"]["mean"] = ("ridge on the condition latent and the one-hot cancer type (tensors "
                                            "stack.*; stack.type_*: ridge on the type alone and the types' "
-                                           "training frequencies, used where a patient's type is unknown)")
+                                           "training frequencies; stack.type_from_*: ridge from the condition "
+                                           "to the type, for a patient whose type is unknown: unknown_type)")
         if self.kind == "expert":
             cfg["source"] = self.sources[0]
         return cfg
@@ -704,7 +764,8 @@ class _DiffusionModel:
         elif types is None:
             stack_shapes = StackMean.shapes(d, dcfg.cond_dims[0])
         else:
-            stack_shapes = TypedStackMean.shapes(d, dcfg.cond_dims[0], n_types=len(types))
+            stack_shapes = TypedStackMean.shapes(d, dcfg.cond_dims[0], n_types=len(types),
+                                                 predicted=_predicts_unknown_type(folder, "stacking", stacking))
         features = cfg.get("residual_head", {}).get("features") if isinstance(cfg.get("residual_head"), dict) else None
         if "residual_head" in cfg and (len(sources) != 1 or isinstance(features, bool) or not isinstance(features, int)
                                        or features < 1):
@@ -723,7 +784,8 @@ class _DiffusionModel:
         elif ftypes is None:
             fstack_shapes = RidgeMean.shapes(ffeat, dcfg.cond_dims[0], "fstack")
         else:
-            fstack_shapes = TypedRidge.shapes(ffeat, dcfg.cond_dims[0], n_types=len(ftypes))
+            fstack_shapes = TypedRidge.shapes(ffeat, dcfg.cond_dims[0], n_types=len(ftypes),
+                                              predicted=_predicts_unknown_type(folder, "feature_stacking", fst))
         art.expect({**{k: tuple(v.shape) for k, v in state.items()}, "x0_bounds.low": (d,), "x0_bounds.high": (d,),
                     **mean_shapes, **stack_shapes, **head_shapes, **fstack_shapes,
                     "noise_error": (2 ** len(sources), schedule.num_train_timesteps)})
@@ -733,12 +795,12 @@ class _DiffusionModel:
         stack = None
         if stack_shapes:
             stack = StackMean(*(tensors.pop(k) for k in stack_shapes)) if types is None else \
-                TypedStackMean(*(tensors.pop(k) for k in stack_shapes), types)
+                TypedStackMean(*_typed_args(tensors, stack_shapes, "stack"), types, *_type_from_args(tensors, "stack"))
         head = RidgeMean(*(tensors.pop(k) for k in head_shapes)) if head_shapes else None
         fstack = None
         if fstack_shapes:
             fstack = RidgeMean(*(tensors.pop(k) for k in fstack_shapes)) if ftypes is None else \
-                TypedRidge(*(tensors.pop(k) for k in fstack_shapes), ftypes)
+                TypedRidge(*_typed_args(tensors, fstack_shapes, "fstack"), ftypes, *_type_from_args(tensors, "fstack"))
         noise_error = tensors.pop("noise_error")
         # num_batches_tracked is an integer buffer that save_artifact stores as float: cast back
         model.load_state_dict({k: v.to(state[k].dtype) for k, v in tensors.items()}, strict=True)

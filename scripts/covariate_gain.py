@@ -21,12 +21,17 @@ type too. The alphas are a grid on
 val, a diagnostic, not a chosen weight (the experts' own stacking weight is chosen on their
 held-out training rows).
 
+With ``--without-type`` cohere generates as for test patients whose cancer type is unknown
+(what a user without it in clinical.csv gets: the training frequencies of the types); the
+baselines keep the type.
+
     python scripts/covariate_gain.py --models plugins/cohere-tcga-pancan/cohere_tcga_pancan/artifacts --out cov.csv
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -72,9 +77,17 @@ def main(argv=None) -> int:
     ap.add_argument("--draws", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, help="CSV of every row")
+    ap.add_argument("--without-type", action="store_true",
+                    help="generate as for test patients whose cancer type is unknown (their clinical.csv rows "
+                         "without it): the experts' stacking then uses the training frequencies of the types; "
+                         "the baselines keep the type")
     a = ap.parse_args(argv)
     t0 = time.perf_counter()
     data = EvalData.load(a.cohort, a.models, modalities=a.modalities.split(","), seed=a.seed)
+    if a.without_type:  # what cohere's generation sees; the baselines below read data.clinical, which keeps it
+        blank = data.test_cohort.clinical.copy()
+        blank.loc[blank.index.isin(data.test_ids), "cancer_type"] = np.nan
+        data.test_cohort = dataclasses.replace(data.test_cohort, clinical=blank)
     types = data.clinical["cancer_type"]
     vocab = sorted(types.reindex(data.train_ids).dropna().astype(str).unique())
     z_test = onehot(types, data.test_ids, vocab)

@@ -21,6 +21,9 @@ Every model in MODELS/experts is rebuilt from the same code as training, on late
 - where the cohort's clinical.csv records the cancer type, an expert whose feature stacking
   does not see it gets one that does (:class:`cohere.experts.TypedRidge`, its weight chosen
   anew);
+- a typed stacking or feature stacking from before ``unknown_type`` (a patient of unknown type
+  given the types' training frequencies) is refitted to predict such a patient's type from the
+  condition;
 - an expert without a residual head gets one (:func:`cohere.experts.add_head`): ridge from the
   condition latents to the target's :func:`cohere.training.feature_residuals` on all its
   training rows;
@@ -65,13 +68,17 @@ def main() -> int:
         return isinstance(model, Expert) and model.fstack is not None and not isinstance(model.fstack, TypedRidge) \
             and cohort_has_types
 
+    def frequencies(model) -> bool:  # a typed ridge that gives a patient of unknown type the frequencies
+        return isinstance(model, Expert) and cohort_has_types and any(
+            getattr(r, "types", None) is not None and r.type_from is None for r in (model.stack, model.fstack))
+
     def unstacked_spread(model) -> bool:  # an expert with stacking whose spread was calibrated on the raw draws
         return isinstance(model, Expert) and model.stack is not None and model.spread_on != "stacked"
 
     def stale(model) -> bool:
         lacks = isinstance(model, Expert) and None in (model.stack, model.head, model.fstack)
         return (model.sampler_steps != SAMPLER_STEPS or lacks or untyped(model) or unstacked_spread(model)
-                or untyped_fstack(model))
+                or untyped_fstack(model) or frequencies(model))
 
     cohort = Cohort.read(args.cohort)
     cohort_has_types = cohort.clinical is not None and COVARIATE in cohort.clinical.columns
@@ -96,7 +103,7 @@ def main() -> int:
         old = (model.sampler_steps, model.spread, model.stack_alpha)
         try:
             model.check_encoders(encoders)
-            typed = untyped(model) and job.covariates is not None
+            typed = (untyped(model) or frequencies(model)) and job.covariates is not None
             if isinstance(model, Expert) and (model.stack is None or typed):
                 # the stacking (re)fitted, with the cancer type where the cohort has it; the spread and the
                 # held-out report are recomputed on the same rows, as a training with this version does

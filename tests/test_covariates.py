@@ -271,3 +271,64 @@ def test_the_type_is_counted_once_when_typed_feature_stackings_are_composed():
     m_type = (one.prior_mean(types) + two.prior_mean(types)) / 2
     assert torch.allclose(twice, f1 + f2 - m_type, atol=1e-4)
     assert err(f1 + f2 - (one.prior + two.prior) / 2) > 1.5 * err(twice)
+
+
+# ----------------------------------------------------------------------------- a patient of unknown type
+
+
+def test_an_unknown_type_is_predicted_from_the_condition_so_the_ridge_matches_a_type_free_one():
+    """The condition carries the type (c = B[t] + noise): given frequencies, a typed ridge loses
+    what c says about the type; given the type predicted from c it gives what a ridge without
+    the type gives (the omitted-variable identity, exact for least squares)."""
+    rng = np.random.default_rng(5)
+    n, d = 3000, 4
+    t = rng.integers(0, len(TYPES), n)
+    B, A = 2.0 * rng.standard_normal((len(TYPES), d)), 2.0 * rng.standard_normal((len(TYPES), d))
+    c = (B[t] + rng.standard_normal((n, d))).astype(np.float32)
+    x = (A[t] + 0.5 * c + 0.3 * rng.standard_normal((n, d))).astype(np.float32)
+    types = np.array([TYPES[i] for i in t], dtype=object)
+    typed, plain = TypedStackMean.fit(c, x, types), StackMean.fit(c, x)
+    assert typed.type_from is not None
+    cv = [torch.from_numpy(c)]
+    err = lambda p: float(((p.numpy() - x) ** 2).mean())  # noqa: E731
+    unknown = typed(cv, types=[""] * n)
+    assert abs(err(unknown) - err(plain(cv))) < 0.02 * err(plain(cv))
+    assert float(((unknown - plain(cv)) ** 2).mean()) < 0.01 * err(plain(cv))
+    frequencies = copy_without_type_from(typed)
+    assert err(frequencies(cv, types=[""] * n)) > 1.5 * err(unknown)  # what artifacts before it gave
+    assert torch.equal(typed(cv, types=list(types)), frequencies(cv, types=list(types)))  # known types: the same
+
+
+def copy_without_type_from(ridge):
+    import copy
+
+    out = copy.copy(ridge)
+    out.type_from = None
+    return out
+
+
+def test_how_an_unknown_type_is_treated_is_recorded_and_older_artifacts_load(tmp_path, typed_fstack_expert):
+    from cohere.artifacts import load_artifact, save_artifact
+
+    e = typed_fstack_expert[0]
+    e.save(tmp_path / "e")
+    cfg = json.loads((tmp_path / "e" / "config.json").read_text())
+    for block in ("stacking", "feature_stacking"):
+        assert cfg[block]["unknown_type"] == "predicted from the condition"
+    back = load_model(tmp_path / "e")
+    assert back.stack.type_from is not None and back.fstack.type_from is not None
+    # an artifact from before: no unknown_type, no type_from tensors: the training frequencies
+    art = load_artifact(tmp_path / "e")
+    old = json.loads(json.dumps(art.config))
+    for block in ("stacking", "feature_stacking"):
+        del old[block]["unknown_type"]
+    tensors = {k: v for k, v in art.tensors.items() if ".type_from_" not in k}
+    save_artifact(tmp_path / "old", old, tensors, "card")
+    before = load_model(tmp_path / "old")
+    assert before.stack.type_from is None and before.fstack.type_from is None
+    bad = json.loads(json.dumps(art.config))
+    bad["stacking"]["unknown_type"] = "guess"
+    save_artifact(tmp_path / "bad", bad, art.tensors, "card")
+    with pytest.raises(CohereError, match=r"unsupported stacking.unknown_type 'guess'; cohere experts record one of "
+                                          r"'predicted from the condition', 'training frequencies'"):
+        load_model(tmp_path / "bad")
