@@ -223,6 +223,16 @@ class _TypeColumns:
         """(n, d) the target's mean given the type alone (the composition's prior mean)."""
         return self.onehot(list(types)) @ self.type_weight.T + self.type_bias
 
+    PREFIX = ""  # the artifact's tensor prefix of the ridge (each typed class sets its own)
+
+    def __call__(self, conds, mask=None, types=None) -> torch.Tensor:
+        """The ridge's prediction from the condition ``conds[0]`` and the rows' one-hot ``types`` (:meth:`onehot`)."""
+        return super().__call__(self._with_types(conds, types), mask)
+
+    def tensors(self, prefix: str | None = None) -> dict[str, torch.Tensor]:
+        prefix = prefix or self.PREFIX
+        return {**super().tensors(prefix), **self._type_tensors(prefix)}
+
     def _type_tensors(self, prefix: str) -> dict[str, torch.Tensor]:
         out = {f"{prefix}.type_weight": self.type_weight, f"{prefix}.type_bias": self.type_bias,
                f"{prefix}.type_freq": self.type_freq}
@@ -247,6 +257,8 @@ class TypedStackMean(_TypeColumns, StackMean):
     (:func:`cohere.generation.stacked_mean`). Tensors as :class:`StackMean`'s (``stack.weight``
     (d, c + T)) plus ``stack.type_weight`` (d, T), ``stack.type_bias`` (d,), ``stack.type_freq`` (T,)."""
 
+    PREFIX = "stack"
+
     def __init__(self, weight, bias, prior, residual_cov, prior_cov, type_weight, type_bias, type_freq, types,
                  from_weight=None, from_bias=None):
         super().__init__(weight, bias, prior, residual_cov, prior_cov)
@@ -260,12 +272,6 @@ class TypedStackMean(_TypeColumns, StackMean):
         g = cls._type_from(c, z, types)
         return cls(joint.weight, joint.bias, joint.prior, joint.residual_cov, alone.residual_cov, alone.weight,
                    alone.bias, freq, vocab, g.weight, g.bias)
-
-    def __call__(self, conds, mask=None, types=None) -> torch.Tensor:
-        return super().__call__(self._with_types(conds, types), mask)
-
-    def tensors(self, prefix: str = "stack") -> dict[str, torch.Tensor]:
-        return {**super().tensors(prefix), **self._type_tensors(prefix)}
 
     @staticmethod
     def shapes(d: int, c: int, prefix: str = "stack", n_types: int = 1,
@@ -283,6 +289,8 @@ class TypedRidge(_TypeColumns, RidgeMean):
     :class:`RidgeMean`'s (``fstack.weight`` (F, c + T)) plus ``fstack.type_weight`` (F, T),
     ``fstack.type_bias`` (F,), ``fstack.type_freq`` (T,)."""
 
+    PREFIX = "fstack"
+
     def __init__(self, weight, bias, prior, type_weight, type_bias, type_freq, types, from_weight=None, from_bias=None):
         super().__init__(weight, bias, prior)
         self._init_types(type_weight, type_bias, type_freq, types, from_weight, from_bias)
@@ -294,12 +302,6 @@ class TypedRidge(_TypeColumns, RidgeMean):
         alone = RidgeMean.fit(z, x)
         g = cls._type_from(c, z, types)
         return cls(joint.weight, joint.bias, joint.prior, alone.weight, alone.bias, freq, vocab, g.weight, g.bias)
-
-    def __call__(self, conds, mask=None, types=None) -> torch.Tensor:
-        return super().__call__(self._with_types(conds, types), mask)
-
-    def tensors(self, prefix: str = "fstack") -> dict[str, torch.Tensor]:
-        return {**super().tensors(prefix), **self._type_tensors(prefix)}
 
     @staticmethod
     def shapes(d: int, c: int, prefix: str = "fstack", n_types: int = 1,
