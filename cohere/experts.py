@@ -74,7 +74,10 @@ class RidgeMean:
     ALPHAS = tuple(np.logspace(-3, 3, 13))
 
     def __init__(self, weight, bias, prior):
-        self.weight, self.bias, self.prior = (torch.as_tensor(t, dtype=torch.float32) for t in (weight, bias, prior))
+        # contiguous: sklearn's coef_ is Fortran-ordered, and a matmul with a strided weight rounds
+        # differently from one with the contiguous tensor that loading gives back
+        self.weight, self.bias, self.prior = (torch.as_tensor(t, dtype=torch.float32).contiguous()
+                                              for t in (weight, bias, prior))
 
     @classmethod
     def fit(cls, c: np.ndarray, x: np.ndarray) -> "RidgeMean":
@@ -110,7 +113,8 @@ class StackMean(RidgeMean):
 
     def __init__(self, weight, bias, prior, residual_cov, prior_cov):
         super().__init__(weight, bias, prior)
-        self.residual_cov, self.prior_cov = (torch.as_tensor(t, dtype=torch.float32) for t in (residual_cov, prior_cov))
+        self.residual_cov, self.prior_cov = (torch.as_tensor(t, dtype=torch.float32).contiguous()
+                                             for t in (residual_cov, prior_cov))
 
     @classmethod
     def fit(cls, c: np.ndarray, x: np.ndarray) -> "StackMean":
@@ -168,7 +172,7 @@ class _TypeColumns:
     about the type."""
 
     def _init_types(self, type_weight, type_bias, type_freq, types, from_weight=None, from_bias=None) -> None:
-        self.type_weight, self.type_bias, self.type_freq = (torch.as_tensor(t, dtype=torch.float32)
+        self.type_weight, self.type_bias, self.type_freq = (torch.as_tensor(t, dtype=torch.float32).contiguous()
                                                             for t in (type_weight, type_bias, type_freq))
         self.types = [str(t) for t in types]
         self.type_from = None if from_weight is None else RidgeMean(from_weight, from_bias, self.type_freq)
