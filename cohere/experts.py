@@ -183,6 +183,14 @@ class _TypeColumns:
         known = np.isin(np.asarray(types, dtype=object), cls.vocabulary(types))
         return RidgeMean.fit(np.asarray(c, np.float64)[known], z[known])
 
+    @classmethod
+    def _fit_parts(cls, base, c: np.ndarray, x: np.ndarray, types):
+        """The ``base`` ridge (a RidgeMean class) of x on [c, z] and on z alone, the training
+        frequencies and sorted types, and the ridge from c to z: what a typed class is built from."""
+        z, freq, vocab = cls._design(c, x, types)
+        joint = base.fit(np.hstack([np.asarray(c, np.float64), z]), x)
+        return joint, base.fit(z, x), freq, vocab, cls._type_from(c, z, types)
+
     @staticmethod
     def vocabulary(types) -> list[str]:
         """The sorted known types (non-empty strings) of ``types``."""
@@ -270,10 +278,7 @@ class TypedStackMean(_TypeColumns, StackMean):
 
     @classmethod
     def fit(cls, c: np.ndarray, x: np.ndarray, types=None) -> "TypedStackMean":
-        z, freq, vocab = cls._design(c, x, types)
-        joint = StackMean.fit(np.hstack([np.asarray(c, np.float64), z]), x)
-        alone = StackMean.fit(z, x)
-        g = cls._type_from(c, z, types)
+        joint, alone, freq, vocab, g = cls._fit_parts(StackMean, c, x, types)
         return cls(joint.weight, joint.bias, joint.prior, joint.residual_cov, alone.residual_cov, alone.weight,
                    alone.bias, freq, vocab, g.weight, g.bias)
 
@@ -301,10 +306,7 @@ class TypedRidge(_TypeColumns, RidgeMean):
 
     @classmethod
     def fit(cls, c: np.ndarray, x: np.ndarray, types=None) -> "TypedRidge":
-        z, freq, vocab = cls._design(c, x, types)
-        joint = RidgeMean.fit(np.hstack([np.asarray(c, np.float64), z]), x)
-        alone = RidgeMean.fit(z, x)
-        g = cls._type_from(c, z, types)
+        joint, alone, freq, vocab, g = cls._fit_parts(RidgeMean, c, x, types)
         return cls(joint.weight, joint.bias, joint.prior, alone.weight, alone.bias, freq, vocab, g.weight, g.bias)
 
     @staticmethod
