@@ -215,15 +215,15 @@ class _TypeColumns:
         among :attr:`types`), the type predicted from the condition ``c`` (n, c) when given and
         the artifact has ``type_from``, else the training frequencies."""
         index = {t: i for i, t in enumerate(self.types)}
-        if c is not None and self.type_from is not None:
+        if c is not None and self.type_from is not None and any(t not in index for t in types):
             z = self.type_from([c.float().cpu()]).clone()
-        else:
+        else:  # every type known (each row is overwritten below), or no condition / no type_from
             z = self.type_freq.repeat(len(types), 1)
         rows = [(r, index[t]) for r, t in enumerate(types) if t in index]
         if rows:
-            r, c = zip(*rows)
+            r, j = zip(*rows)
             z[list(r)] = 0.0
-            z[list(r), list(c)] = 1.0
+            z[list(r), list(j)] = 1.0
         return z
 
     def _with_types(self, conds, types) -> list[torch.Tensor]:
@@ -267,7 +267,8 @@ class TypedStackMean(_TypeColumns, StackMean):
     networks recover it from the latents (``scripts/covariate_gain.py``). The covariance of the
     residuals of the type-alone ridge (``prior_cov``) is the prior of the product of Gaussians
     (:func:`cohere.generation.stacked_mean`). Tensors as :class:`StackMean`'s (``stack.weight``
-    (d, c + T)) plus ``stack.type_weight`` (d, T), ``stack.type_bias`` (d,), ``stack.type_freq`` (T,)."""
+    (d, c + T)) plus ``stack.type_weight`` (d, T), ``stack.type_bias`` (d,), ``stack.type_freq`` (T,)
+    and, where ``unknown_type`` is predicted, ``stack.type_from_weight`` (T, c), ``stack.type_from_bias`` (T,)."""
 
     PREFIX = "stack"
 
@@ -296,7 +297,8 @@ class TypedRidge(_TypeColumns, RidgeMean):
     0.29-0.38 on val, ``scripts/covariate_gain.py``), while ridge without it is far worse
     (0.03-0.17), so a type-free feature stacking has nothing to add. Tensors as
     :class:`RidgeMean`'s (``fstack.weight`` (F, c + T)) plus ``fstack.type_weight`` (F, T),
-    ``fstack.type_bias`` (F,), ``fstack.type_freq`` (T,)."""
+    ``fstack.type_bias`` (F,), ``fstack.type_freq`` (T,) and, where ``unknown_type`` is predicted,
+    ``fstack.type_from_weight`` (T, c), ``fstack.type_from_bias`` (T,)."""
 
     PREFIX = "fstack"
 

@@ -22,8 +22,8 @@ val, a diagnostic, not a chosen weight (the experts' own stacking weight is chos
 held-out training rows).
 
 With ``--without-type`` cohere generates as for test patients whose cancer type is unknown
-(what a user without it in clinical.csv gets: the training frequencies of the types); the
-baselines keep the type.
+(what a user without it in clinical.csv gets: the experts' typed ridges predict the type from
+the condition); the baselines keep the type.
 
     python scripts/covariate_gain.py --models plugins/cohere-tcga-pancan/cohere_tcga_pancan/artifacts --out cov.csv
 """
@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, help="CSV of every row")
     ap.add_argument("--without-type", action="store_true",
                     help="generate as for test patients whose cancer type is unknown (their clinical.csv rows "
-                         "without it): the experts' stacking then uses the training frequencies of the types; "
+                         "without it): the experts' typed ridges then predict the type from the condition; "
                          "the baselines keep the type")
     a = ap.parse_args(argv)
     t0 = time.perf_counter()
