@@ -10,7 +10,11 @@ draws per patient of
 and, on ``--paper-patients`` of them with K = 10 draws (DDPM over 1000 steps is slow), the
 paper's exact mode (DDPM-1000, softmax(1/loss) weights, the average of noise predictions, no
 clamp) beside the default on the same patients and draws, timed one after the other (the
-speed ratio). Scores (cohere.evaluation.experiments.score_draws): R^2 of the mean of 10 and of all
+speed ratio). Each mode of a speed row is run again, with the same seed and draws, until
+``--min-seconds`` (3) have passed: one run of paper mode, a dozen of the default, whose single
+run of a fraction of a second moved by +-20% from one run to the next on a shared 2-core
+machine; samples/s is that of the median run, and ``samples_per_s_range`` its slowest and
+fastest. Scores (cohere.evaluation.experiments.score_draws): R^2 of the mean of 10 and of all
 draws, single-draw R^2, energy score, CRPS, 50% / 90% coverage beside the calibrated value,
 output variance and samples per second (of the K = 50 rows: the whole generation call, models
 loaded; of the paper-mode rows and the default beside them: the reverse loop only).
@@ -44,6 +48,9 @@ def main(argv=None) -> int:
     ap.add_argument("--paper-patients", type=int, default=100, help="patients for the paper-mode rows (0: skip)")
     ap.add_argument("--paper-draws", type=int, default=10)
     ap.add_argument("--speed-only", action="store_true", help="only the paper-mode rows and the default beside them")
+    ap.add_argument("--min-seconds", type=float, default=3.0,
+                    help="time each mode of the speed rows over repeated runs until this many seconds have passed "
+                         "(at least one run, at most 50); samples/s is that of the median run")
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
     ap.add_argument("--compare", default=None, help="an earlier run's JSON to print beside this one")
     ap.add_argument("--report", default=None, help="take the K-draw rows from this report folder's reconstruction.csv "
@@ -87,14 +94,19 @@ def main(argv=None) -> int:
                     job = prepare_generation(data.test_cohort, target, list(have), data.source, patients=list(ids),
                                              **mode)
                     x = np.empty((args.paper_draws, len(ids), job.target_encoder.latent_dim))
-                    t0 = time.perf_counter()
-                    for first, part, gen in job.chunks(args.paper_draws, args.seed):
-                        k = gen.draws.shape[0]
-                        x[first:first + k][:, part] = gen.draws.cpu().numpy()
-                    seconds = time.perf_counter() - t0
+                    runs = []  # seconds of each run (same seed, same draws): until min_seconds have passed
+                    while not runs or (sum(runs) < args.min_seconds and len(runs) < 50):
+                        t0 = time.perf_counter()
+                        for first, part, gen in job.chunks(args.paper_draws, args.seed):
+                            k = gen.draws.shape[0]
+                            x[first:first + k][:, part] = gen.draws.cpu().numpy()
+                        runs.append(time.perf_counter() - t0)
+                    seconds = float(np.median(runs))
                     rows.append({"target": target, "conditions": E.label(have), "method": name,
-                                 **E.score_draws(y, x), "seconds": round(seconds, 2),
-                                 "samples_per_s": len(ids) * args.paper_draws / seconds, "patients": len(ids)})
+                                 **E.score_draws(y, x), "seconds": round(seconds, 3), "runs": len(runs),
+                                 "samples_per_s": len(ids) * args.paper_draws / seconds,
+                                 "samples_per_s_range": [round(len(ids) * args.paper_draws / s_, 1)
+                                                         for s_ in (max(runs), min(runs))], "patients": len(ids)})
     table = pd.DataFrame(rows)
     table["name"] = table.conditions.str.cat(table.target, sep="->") + ":" + table.method
     pd.set_option("display.width", 200)
@@ -105,6 +117,7 @@ def main(argv=None) -> int:
         ratio = (fast / paper).dropna()
         print(f"\ndefault sampler / paper mode samples per second: {ratio.min():.0f}x to {ratio.max():.0f}x "
               f"(median {ratio.median():.0f}x)")
+        print(ratio.rename("ratio").round(1).to_string())
     if args.compare:
         before = pd.DataFrame(json.loads(Path(args.compare).read_text())).set_index("name")
         both = table.set_index("name")[COLUMNS].join(before.add_suffix(" before"), how="inner")
