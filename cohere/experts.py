@@ -344,13 +344,15 @@ def stack_weight(y: np.ndarray, draws: np.ndarray, point: np.ndarray) -> float:
 
 @torch.no_grad()
 def noise_error_profile(model: Denoiser, schedule: NoiseSchedule, val, offset=None, every: int = 10,
-                        repeats: int = 4, seed: int = 0) -> torch.Tensor:
+                        repeats: int = 4, seed: int = 0, patterns=None) -> torch.Tensor:
     """(2^k, T): the network's noise-prediction error E||eps - eps_theta(x_t, t, C, mask)||^2 / d
     on the held-out rows ``val`` = (x0, conds, mask) at every ``every``-th timestep (linearly
     interpolated in between), for each presence pattern of its k conditions (row sum_i mask_i
     2^i; the rows used for a pattern are those that have its conditions). It sets the
     analytic reverse variance of the sampler (:mod:`cohere.sampling`): measured on rows the
-    network never saw, it carries the model's real error, overfitting included."""
+    network never saw, it carries the model's real error, overfitting included.
+    ``patterns``: only these presence patterns are measured (the others stay at 1, the error
+    of a network that knows nothing), for a caller that samples no other (checkpoint scoring)."""
     x0, conds, mask = val
     k, T, n = len(conds), schedule.num_train_timesteps, len(x0)
     grid = torch.arange(0, T, every).tolist()
@@ -359,6 +361,8 @@ def noise_error_profile(model: Denoiser, schedule: NoiseSchedule, val, offset=No
     g = torch.Generator(x0.device).manual_seed(seed + 2)
     out = torch.ones(2**k, T)
     for p in range(2**k):
+        if patterns is not None and p not in patterns:
+            continue
         bits = torch.tensor([(p >> i) & 1 for i in range(k)], dtype=torch.float32, device=x0.device)  # (k,)
         rows = (mask[:, bits > 0] > 0).all(1) if k else torch.ones(n, dtype=torch.bool, device=x0.device)
         if not rows.any():
@@ -429,22 +433,36 @@ def calibrate_spread(model: Denoiser, schedule: NoiseSchedule, val, bounds, nois
     intervals covering 0.81-0.84 instead of 0.865 on held-out TCGA patients), and a few steps
     leave others a little too wide; a factor above 1 widens every reverse step's noise, one
     below 1 narrows it. The energy score is flat over these factors, so
-    calibrating costs nothing on the proper score."""
+    calibrating costs nothing on the proper score.
+
+    The search walks the grid from 1 towards the lower miss, one factor at a time, and stops
+    where neither neighbour is better (ties: the smaller factor). Both coverages grow with the
+    factor, so the miss falls to the calibrated factor and rises after it: the walk finds the
+    grid's best in 3-5 generations of the held-out rows instead of 13."""
     x0, conds = _complete(val)
     if len(x0) < 10:
         return 1.0
     y = x0.double().numpy()
     target = {p: scores.calibrated_coverage(p, draws) for p in (0.5, 0.9)}
-    best = (math.inf, 1.0)
-    for kappa in SPREADS:
-        x = _held_out_draws(model, schedule, x0, conds, 1.0, offset, (noise_error * kappa).clamp(max=1.0), bounds,
-                            draws, seed)
-        if point is not None:
-            x = recenter(torch.from_numpy(x), torch.from_numpy(point), stack_weight(y, x, point)).numpy()
-        miss = sum(abs(scores.interval_coverage(y, x, p) - c) for p, c in target.items())
-        if miss < best[0] - 1e-9:
-            best = (miss, kappa)
-    return best[1]
+    misses: dict[int, float] = {}
+
+    def miss(i: int) -> float:
+        if i not in misses:
+            x = _held_out_draws(model, schedule, x0, conds, 1.0, offset, (noise_error * SPREADS[i]).clamp(max=1.0),
+                                bounds, draws, seed)
+            if point is not None:
+                x = recenter(torch.from_numpy(x), torch.from_numpy(point), stack_weight(y, x, point)).numpy()
+            misses[i] = sum(abs(scores.interval_coverage(y, x, p) - c) for p, c in target.items())
+        return misses[i]
+
+    i = SPREADS.index(1.0)
+    miss(i)
+    while True:
+        j = min((j for j in (i - 1, i + 1) if 0 <= j < len(SPREADS)), key=lambda j: (miss(j), j))
+        if miss(j) < miss(i) - 1e-9 or (j < i and miss(j) <= miss(i) + 1e-9):
+            i = j
+        else:
+            return SPREADS[i]
 
 
 @torch.no_grad()
@@ -497,6 +515,13 @@ def held_out_report(model: Denoiser, schedule: NoiseSchedule, val, train, bounds
     return {key: round(float(v), 4) for key, v in out.items()} | {"n": n, "draws": draws}
 
 
+# the checkpoint scorer's noise-error profile measures every 50th timestep (21 of 1,000, linearly
+# interpolated; the profile an artifact stores, every 10th). At every 25th and of every presence
+# pattern it took 0.39 s an evaluation for an expert's 390 held-out rows and 1.5 s for a
+# multi-condition model's 860, against 4.1 s for the 500 training steps in between (one core)
+SCORING_PROFILE_EVERY = 50
+
+
 def validation_scorer(schedule: NoiseSchedule, cfg: TrainConfig, bounds, offset=None):
     """The checkpoint score of :func:`~cohere.diffusion.train.train_denoiser`: ``cfg.val_draws``
     generations per validation row with the fast sampler (``cfg.val_method``, ``val_steps``,
@@ -510,9 +535,12 @@ def validation_scorer(schedule: NoiseSchedule, cfg: TrainConfig, bounds, offset=
         K, n = cfg.val_draws, len(x0)
         g = torch.Generator(x0.device).manual_seed(cfg.seed + 1)
         analytic = cfg.val_variance == "analytic" and cfg.val_method == "ddim"
-        error = noise_error_profile(model, schedule, val, offset, every=25, repeats=1, seed=cfg.seed) if analytic else None
-        member = Member(model, conds, mask, offset=None if offset is None else offset(conds, mask),
-                        noise_error=error).tile(K)
+        member = Member(model, conds, mask, offset=None if offset is None else offset(conds, mask))
+        if analytic:  # a coarse profile, of the presence patterns these rows have only (an expert's: 1 of 2)
+            used = set(member.patterns(n).tolist())
+            member.noise_error = noise_error_profile(model, schedule, val, offset, every=SCORING_PROFILE_EVERY,
+                                                     repeats=1, seed=cfg.seed, patterns=used)
+        member = member.tile(K)
         pred = sample_latents([member], schedule, K * n, method=cfg.val_method, steps=cfg.val_steps,
                               eta=cfg.val_eta, generator=g, x0_bounds=bounds,
                               variance="analytic" if analytic else "fixed").view(K, n, -1)  # (K, n, d)

@@ -427,6 +427,50 @@ def test_the_spread_is_calibrated_on_the_draws_as_delivered_recentred_on_the_sta
     assert network == 1.0 and stacked in SPREADS and stacked <= 0.6
 
 
+def test_a_noise_error_profile_of_some_presence_patterns_measures_those_only(multi, data):
+    """Checkpoint scoring measures only the patterns its rows have: the first pattern measured
+    alone is the full profile's (same noise), and the others stay at 1 (knows nothing)."""
+    from cohere.experts import noise_error_profile
+
+    c, x = data
+    conds = [torch.from_numpy(c), torch.from_numpy(c[:, :16].repeat(2, 1))]
+    val = (torch.from_numpy(x), conds, torch.ones(len(x), 2))
+    full = noise_error_profile(multi.model, multi.schedule, val, every=100, repeats=1)
+    some = noise_error_profile(multi.model, multi.schedule, val, every=100, repeats=1, patterns={0})
+    assert torch.equal(some[0], full[0]) and bool((full[1:] < 1).any())
+    assert bool((some[1:] == 1).all())
+
+
+@pytest.mark.parametrize("truth", [0.5, 0.7071, 2.0, 4.0])
+def test_the_spread_search_walks_to_the_grids_best_factor_without_trying_them_all(monkeypatch, truth):
+    """Draws m + kappa z of rows whose mean m misses y by truth * e: kappa = truth calibrates
+    them. The walk from 1 returns the factor an exhaustive search of the grid picks, with
+    fewer generations than the grid has factors (all but the far end's)."""
+    from cohere import scores
+    from cohere.experts import SPREADS, calibrate_spread
+
+    rng = np.random.default_rng(1)
+    n, d, K, unit = 400, 8, 20, 0.01
+    y = rng.standard_normal((n, d))
+    m, z = y + truth * rng.standard_normal((n, d)), rng.standard_normal((K, n, d))
+    tried = []
+
+    def draws(model, schedule, x0, conds, mask_value, offset, noise_error, bounds, k, seed):
+        tried.append(round(float(noise_error[0, 0]) / unit, 4))
+        return m[None] + tried[-1] * z
+
+    def miss(kappa):
+        x = m[None] + kappa * z
+        return sum(abs(scores.interval_coverage(y, x, p) - scores.calibrated_coverage(p, K)) for p in (0.5, 0.9))
+
+    monkeypatch.setattr("cohere.experts._held_out_draws", draws)
+    val = (torch.from_numpy(y).float(), [torch.zeros(n, 2)], torch.ones(n, 1))
+    found = calibrate_spread(None, None, val, None, torch.full((2, 1000), unit), draws=K)
+    grid_best = min(SPREADS, key=lambda kappa: (miss(kappa), kappa))
+    assert found == grid_best == truth
+    assert tried[0] == 1.0 and len(set(tried)) == len(tried) < len(SPREADS) - 1
+
+
 def test_an_experts_spread_records_what_it_was_calibrated_on_and_older_ones_are_recalibrated(tmp_path, data):
     from cohere.diffusion.train import cpu_threads
     from cohere.experts import recalibrate
