@@ -16,7 +16,7 @@ from .encoders import encoder_dir
 
 # the training recipe's defaults (cohere.diffusion.train.TrainConfig), shown in --help without
 # importing it (and torch) to build the app; tests/test_cli.py checks that they agree
-SHOWN_RECIPE = {"steps": 20000, "batch_size": 256, "lr": 0.006, "hidden": 256, "layers": 4}
+SHOWN_RECIPE = {"steps": 20000, "batch_size": 128, "lr": 0.006, "hidden": 256, "layers": 4}
 
 
 def train(
