@@ -47,6 +47,9 @@ def make_temp(parent: Path, name: str, folder: bool = False) -> Path:
             return path
         except FileExistsError:
             continue
+        except BaseException:  # interrupted (Ctrl-C, SIGTERM) once it may exist: the name is ours (O_EXCL)
+            remove(path)
+            raise
     raise FileExistsError(f"no free temporary name for {parent / name}")
 
 
@@ -83,9 +86,11 @@ def writing(target: Path, folder: bool = False):
     """Yield a temporary sibling of ``target``; on success it replaces ``target``."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = make_temp(target.parent, target.name, folder)
-    try:
+    tmp = None
+    try:  # made inside the try: a SIGTERM just after it exists still removes it
+        tmp = make_temp(target.parent, target.name, folder)
         yield tmp
         replace(tmp, target)
     finally:
-        remove(tmp)
+        if tmp is not None:
+            remove(tmp)

@@ -89,6 +89,26 @@ def test_an_interrupted_artifact_save_keeps_the_old_folder(tmp_path, monkeypatch
     assert load_artifact(folder).digest == old and leftovers(tmp_path) == []
 
 
+@pytest.mark.parametrize("folder", [False, True])
+def test_an_interrupt_just_after_the_temporary_exists_removes_it(tmp_path, monkeypatch, folder):
+    """SIGTERM (Interrupted) or Ctrl-C can land between the creation of the temporary and the
+    block that cleans it up: here, in the call right after it is created."""
+    from cohere.errors import Interrupted
+
+    name = "mkdir" if folder else "close"  # the call that creates the folder / closes the new file
+    real = getattr(os, name)
+
+    def then_interrupted(*args):
+        real(*args)
+        raise Interrupted(143)
+
+    monkeypatch.setattr(atomic.os, name, then_interrupted)
+    with pytest.raises(Interrupted):
+        with atomic.writing(tmp_path / "out.csv", folder=folder):
+            pass
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_failed_save_before_the_rename_leaves_nothing(tmp_path):
     with pytest.raises(TypeError):
         save_artifact(tmp_path / "cna", CONFIG, {"w": torch.ones(2)}, card=None)  # the card is not text
