@@ -385,9 +385,11 @@ def noise_error_profile(model: Denoiser, schedule: NoiseSchedule, val, offset=No
 REPORT_DRAWS = 20
 # the default sampler's reverse steps: every model's spread is calibrated at this count (and the
 # count recorded in its config, ``sampling.steps``), and generation runs each model at the count
-# it was calibrated at. 12 steps keep a pair of experts (3 network evaluations a step) above 50x
-# the paper's DDPM-1000 (2 a step) in throughput: 2000 / 36 = 56x; one expert 1000 / 12 = 83x.
-SAMPLER_STEPS = 12
+# it was calibrated at. 10 steps keep a pair of experts (3 network evaluations a step) above 50x
+# the paper's DDPM-1000 (2 a step) in throughput with room for the rest of a step's work: 2000 / 30
+# = 67x in network evaluations (12 steps gave 56x, and 47-61x measured on an AVX2 machine); one
+# expert 1000 / 10 = 100x.
+SAMPLER_STEPS = 10
 LEGACY_STEPS = 20  # what artifacts whose config records no step count were calibrated at
 # factors on the noise-error profile, a quarter octave apart: 0.5 (a few steps draw wider than
 # the analytic variance says) to 4 (the analytic variance alone is too narrow)

@@ -55,7 +55,7 @@ def test_two_independent_sources_combine_to_the_oracle_posterior(world):
     # sharper than either expert alone, and better on the proper score
     assert M.output_variance_pct(y, pair) < 0.85 * min(M.output_variance_pct(y, x) for x in singles)
     assert es["pair"] < min(es["a"], es["b"]) - 0.03, es
-    # within 4% of the energy score of exact posterior draws (measured: 1.003 vs 0.980, 2.4%)
+    # within 4% of the energy score of exact posterior draws (measured at 10 steps: 0.971 vs 0.980; 1.003 at 12)
     assert es["pair"] <= 1.04 * es["oracle"], es
     assert min(weights.values()) > 0.8  # two equally informative experts: (nearly) the plain product
 

@@ -13,7 +13,7 @@ from .common import check_choice, check_device, check_modalities, check_paths, n
 
 # the library's defaults (cohere.generation.DEFAULT_*), shown in --help without importing it
 # (and torch) to build the app; tests/test_cli.py checks that they agree
-SHOWN_DEFAULTS = {"sampler": "ddim", "steps": 12, "eta": 1.0, "weighting": "inverse", "consensus": "product",
+SHOWN_DEFAULTS = {"sampler": "ddim", "steps": 10, "eta": 1.0, "weighting": "inverse", "consensus": "product",
                   "variance": "analytic"}
 
 
@@ -32,7 +32,7 @@ def generate(
     steps: Optional[int] = typer.Option(None, min=1, show_default=str(SHOWN_DEFAULTS["steps"]),
                                         help="Reverse steps for ddim / dpmpp2m (ddpm runs all T); by default "
                                              "the count the models' spread was calibrated at (their config's "
-                                             "sampling.steps: 12 for models trained by this version, 20 before)."),
+                                             "sampling.steps: 10 for models trained by this version, 12 or 20 before)."),
     sampler: Optional[str] = typer.Option(None, show_default=SHOWN_DEFAULTS["sampler"],
                                           help="ddim, dpmpp2m, or ddpm (the paper's T = 1000 steps)."),
     eta: Optional[float] = typer.Option(None, min=0.0, show_default=str(SHOWN_DEFAULTS["eta"]),

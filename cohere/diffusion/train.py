@@ -100,7 +100,7 @@ class TrainConfig:
     eval_every: int = 500  # steps between evaluations
     patience: int = 4  # evaluations without improvement before stopping; 0 = never stop early
     val_method: str = "ddim"  # fast sampler for the validation generations
-    val_steps: int = 12  # the default sampler's (cohere.experts.SAMPLER_STEPS): checkpoints scored as they ship
+    val_steps: int = 10  # the default sampler's (cohere.experts.SAMPLER_STEPS): checkpoints scored as they ship
     val_eta: float = 1.0  # stochastic DDIM: deterministic samplers (eta = 0) generate far worse here
     val_variance: str = "analytic"  # reverse variance of the validation sampler: "analytic" | "fixed" (DDIM's)
     val_draws: int = 2  # generations per validation row
