@@ -162,6 +162,9 @@ def test_the_defaults_shown_in_help_are_the_librarys():
                                        "variance": generation.DEFAULT_VARIANCE}
     recipe = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     assert experts.SHOWN_RECIPE == {k: recipe[k] for k in experts.SHOWN_RECIPE}
+    # checkpoints are scored with the sampler that generation runs them with
+    assert (recipe["val_method"], recipe["val_steps"], recipe["val_eta"], recipe["val_variance"]) == (
+        generation.DEFAULT_SAMPLER, generation.DEFAULT_STEPS, generation.DEFAULT_ETA, generation.DEFAULT_VARIANCE)
 
 
 # ---------------------------------------------------------------- every option checked before any work
