@@ -88,7 +88,7 @@ def main(argv=None) -> int:
                            max_test=150 if args.quick else None,
                            max_train=2000 if args.quick else None, seed=args.seed)
     if args.quick:
-        plan = Plan(draws=3, recon_draws=10, privacy_runs=2, privacy_reference=600, signal_trees=50,
+        plan = Plan(draws=3, recon_draws=10, completion_draws=10, privacy_runs=2, privacy_reference=600, signal_trees=50,
                     forests=E.ForestSettings(rf_trees=50, rsf_trees=10, rsf_min_leaf=20, rsf_max_samples=0.3,
                                              seed=args.seed),
                     cf_repeats=2, cf_orders=10, iterative=True, seed=args.seed)

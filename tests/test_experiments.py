@@ -128,6 +128,25 @@ def test_completion_and_table2_layout(data, forests):
     assert len(runs[runs.condition == "coherent (mean of draws)"]) == 6 and "coherent (mean of draws)" in table.columns
 
 
+def test_completion_pools_all_k_draws_and_runs_the_first(data, forests):
+    """draws=K > runs: MI pooled and the mean of draws use all K draws of cohere complete, the
+    single-draw rows are the first ``runs`` of them (draw k in run k)."""
+    from cohere.evaluation.experiments import completion, generated_completions
+
+    runs = completion(data, forests, runs=2, draws=4, methods=("coherent",))
+    rows = runs[(runs.removed == "rnaseq") & (runs.condition == "coherent")]
+    assert list(rows.run) == [0, 1]
+    real = {m: data.test[m].to_numpy() for m in MODS if m != "rnaseq"}
+    copies, mean = generated_completions(data, forests, real, ("rnaseq",), "coherent", 4, 0)
+    assert len(copies) == 4
+    gens = data.completed(("rnaseq",), "coherent", 4, 0)["rnaseq"]
+    np.testing.assert_allclose(mean[:, 32:64], gens.mean(0))  # rnaseq's block: the mean of all 4 draws
+    pooled = runs[(runs.removed == "rnaseq") & (runs.condition == "coherent (MI pooled)")].iloc[0]
+    assert pooled.stage_f1 == pytest.approx(forests.scores(copies)["stage_f1"])
+    assert pooled.os_cindex == pytest.approx(forests.scores(copies)["os_cindex"])
+    assert rows.iloc[1].stage_f1 == pytest.approx(forests.scores(copies[1])["stage_f1"])
+
+
 def test_pooled_scores_average_the_forests_outputs(data, forests):
     ids = data.test_ids
     real = forests.features({m: data.test[m].to_numpy() for m in MODS}, ids)
@@ -190,7 +209,7 @@ def test_run_all_writes_the_report(data, tmp_path):
     from cohere.evaluation.experiments import ForestSettings
     from cohere.evaluation.pipeline import Plan, run_all
 
-    plan = Plan(draws=2, recon_draws=3, privacy_runs=1, privacy_reference=150, signal_trees=10,
+    plan = Plan(draws=2, recon_draws=3, completion_draws=3, privacy_runs=1, privacy_reference=150, signal_trees=10,
                 forests=ForestSettings(rf_trees=10, rsf_trees=3), cf_repeats=1, cf_orders=2, iterative=False,
                 reducer="pca")
     run_all(data, tmp_path, plan, {"note": "test"}, log=lambda s: None)
@@ -206,6 +225,7 @@ def test_run_all_writes_the_report(data, tmp_path):
     assert (tmp_path / "counterfactual.png").is_file()
     assert "issue 10's goals" in text
     assert "Generated completion minus KNN imputation" in text and "OS C-index − KNN" in text
+    assert "by `cohere complete` with K = 3 draws per generated cell" in text
 
 
 def test_cli_evaluate_and_prioritize(setup, tmp_path, capsys):

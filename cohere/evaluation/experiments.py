@@ -668,27 +668,29 @@ def imputed(data: EvalData, kept, removed, imputer) -> dict[str, np.ndarray]:
     return out
 
 
-def generated_completions(data: EvalData, models: DownstreamModels, base: dict, removed, method: str, runs: int,
+def generated_completions(data: EvalData, models: DownstreamModels, base: dict, removed, method: str, draws: int,
                           seed: int) -> tuple[list[np.ndarray], np.ndarray]:
     """The test patients' features with ``base`` {m: latents} kept and ``removed`` completed by
-    ``method`` (:meth:`EvalData.completed`): the ``runs`` completed copies (draw k in copy k)
-    and the one completed with the mean of the draws."""
+    ``method`` (:meth:`EvalData.completed`, ``draws`` draws per generated cell): the ``draws``
+    completed copies (draw k in copy k) and the one completed with the mean of the draws."""
     ids = data.test_ids
-    gens = data.completed(removed, method, max(runs, 2), seed)
-    copies = [models.features({**base, **{m: g[run] for m, g in gens.items()}}, ids) for run in range(runs)]
-    mean = models.features({**base, **{m: g[:runs].mean(0) for m, g in gens.items()}}, ids)  # generate --aggregate
+    gens = data.completed(removed, method, max(draws, 2), seed)
+    copies = [models.features({**base, **{m: g[k] for m, g in gens.items()}}, ids) for k in range(draws)]
+    mean = models.features({**base, **{m: g[:draws].mean(0) for m, g in gens.items()}}, ids)  # cohere complete
     return copies, mean
 
 
 def completion(data: EvalData, models: DownstreamModels, runs: int = 10, seed: int = 0,
-               methods=("multi", "coherent")) -> pd.DataFrame:
+               methods=("multi", "coherent"), draws: int | None = None) -> pd.DataFrame:
     """For every non-empty set R of removed modalities: full, ablated (R missing), generated
-    (the test cohort without R completed by :func:`cohere.completion.complete`: each modality
-    of R generated from the remaining ones, draw k in run k; "MI pooled":
-    the forests' predictions averaged over the K completed copies; "mean of draws": completed
-    once with the mean of the K draws), mean- and KNN-imputed
-    (from the remaining ones), and cancer type only. One row per (removed,
-    condition, run) with stage macro F1 and OS C-index."""
+    (the test cohort without R completed by :func:`cohere.completion.complete` with ``draws``
+    draws per generated cell (default ``runs``; at least ``runs``), each modality of R
+    generated from the remaining ones: "run k" completes with draw k, for the first ``runs``;
+    "MI pooled": the forests' predictions averaged over all ``draws`` completed copies;
+    "mean of draws": completed once with the mean of the ``draws`` draws, which is what
+    ``cohere complete`` writes), mean- and KNN-imputed (from the remaining ones), and cancer
+    type only. One row per (removed, condition, run) with stage macro F1 and OS C-index."""
+    draws = max(runs, draws or runs)
     ids = data.test_ids
     real = {m: data.test[m].to_numpy() for m in data.modalities}
     rows = [{"removed": "none", "condition": "full", "run": 0, **models.scores(models.features(real, ids))},
@@ -702,8 +704,8 @@ def completion(data: EvalData, models: DownstreamModels, runs: int = 10, seed: i
         if not kept:
             continue
         for method in methods:
-            copies, mean = generated_completions(data, models, base, removed, method, runs, seed)
-            for run, X in enumerate(copies):
+            copies, mean = generated_completions(data, models, base, removed, method, draws, seed)
+            for run, X in enumerate(copies[:runs]):
                 rows.append({"removed": label(removed), "condition": method, "run": run, **models.scores(X)})
             rows.append({"removed": label(removed), "condition": f"{method} (MI pooled)", "run": 0,
                          **models.scores(copies)})
@@ -717,12 +719,13 @@ def completion(data: EvalData, models: DownstreamModels, runs: int = 10, seed: i
 
 
 def completion_against_knn(data: EvalData, models: DownstreamModels, runs: int = 10, seed: int = 0,
-                           method: str = "coherent", n_resamples: int = 2000) -> pd.DataFrame:
+                           method: str = "coherent", n_resamples: int = 2000, draws: int | None = None) -> pd.DataFrame:
     """For every removed set with something kept: the completions of :func:`completion` from
-    ``method`` (MI pooled over the ``runs`` copies, and the mean of the draws) minus KNN
+    ``method`` (MI pooled over the ``draws`` copies, and the mean of the draws) minus KNN
     imputation, in stage macro F1 and OS C-index, with paired bootstrap 95% intervals over the
     test patients (:meth:`DownstreamModels.paired_difference`). Reuses the completions that
-    :func:`completion` generated (the same cache, runs and seed)."""
+    :func:`completion` generated (the same cache, runs, draws and seed)."""
+    draws = max(runs, draws or runs)
     ids = data.test_ids
     real = {m: data.test[m].to_numpy() for m in data.modalities}
     rows = []
@@ -732,7 +735,7 @@ def completion_against_knn(data: EvalData, models: DownstreamModels, runs: int =
             continue
         base = {m: real[m] for m in kept}
         knn = models.features({**base, **imputed(data, kept, removed, KNNRegressorImputer)}, ids)
-        copies, mean = generated_completions(data, models, base, removed, method, runs, seed)
+        copies, mean = generated_completions(data, models, base, removed, method, draws, seed)
         for name, X in ((f"{method} (MI pooled)", copies), (f"{method} (mean of draws)", mean)):
             d = models.paired_difference(X, knn, n_resamples, seed)
             for metric, (diff, lo, hi) in d.items():

@@ -66,6 +66,8 @@ class Plan:
 
     draws: int = 10  # generation runs (draws per patient) of the signal, downstream and counterfactual experiments
     recon_draws: int = 50  # draws per patient of the reconstruction table (coverage, R^2 of the mean of K)
+    completion_draws: int = 50  # draws per generated cell of the downstream completions (cohere complete's default):
+    # MI pooled over all of them and the mean of all of them; the single-draw runs are the first ``draws``
     privacy_runs: int = 10
     privacy_reference: int | None = 2000
     signal_trees: int = 500
@@ -123,10 +125,11 @@ def run_all(data: E.EvalData, out: str | Path, plan: Plan | None = None, context
     need_forests = "downstream" not in plan.skip or "counterfactual" not in plan.skip
     models = timed("downstream forests", lambda: E.DownstreamModels(data, plan.forests).fit()) \
         if need_forests else None
-    results["downstream"] = timed("downstream", lambda: E.completion(data, models, runs=plan.draws, seed=plan.seed))
+    results["downstream"] = timed("downstream", lambda: E.completion(data, models, runs=plan.draws, seed=plan.seed,
+                                                                    draws=plan.completion_draws))
     if results["downstream"] is not None:
         results["downstream_ci"] = timed("downstream intervals", lambda: E.completion_against_knn(
-            data, models, runs=plan.draws, seed=plan.seed))
+            data, models, runs=plan.draws, seed=plan.seed, draws=plan.completion_draws))
     if plan.cf_modality in data.modalities:
         results["counterfactual"] = timed("counterfactual", lambda: E.counterfactual(
             data, models, plan.cf_modality, repeats=plan.cf_repeats, orders=plan.cf_orders, draws=plan.draws,

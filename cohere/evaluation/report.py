@@ -262,7 +262,7 @@ def signal_section(per_run: pd.DataFrame, summary: pd.DataFrame, out: Path, plt)
 
 
 def downstream_section(per_run: pd.DataFrame, table: pd.DataFrame, out: Path, plt, forests: str,
-                       against_knn: pd.DataFrame | None = None) -> str:
+                       against_knn: pd.DataFrame | None = None, draws: int | None = None) -> str:
     per_run.to_csv(out / "downstream_runs.csv", index=False)
     table.to_csv(out / "downstream.csv", index=False)
     agg = per_run.groupby(["removed", "condition"], sort=False)[["stage_f1", "os_cindex"]].agg(["mean", "std"])
@@ -273,10 +273,11 @@ def downstream_section(per_run: pd.DataFrame, table: pd.DataFrame, out: Path, pl
             "A multimodal stage classifier and a random survival forest, trained on the real training "
             "patients (latents of every modality, NaN where missing, + one-hot cancer type), evaluated on "
             "the complete test patients with the modalities of *removed* deleted (ablated), generated "
-            "(multi / coherent, from the remaining modalities; run k = draw k; *MI pooled*: the forests' "
+            "(multi / coherent, from the remaining modalities by `cohere complete`"
+            + (f" with K = {draws} draws per generated cell" if draws else "") + "; run k = draw k; *MI pooled*: the forests' "
             "class probabilities and risk scores averaged over the K completed copies, as multiple "
             "imputation combines them; *mean of draws*: completed once with the mean of the K draws, as "
-            "`generate --aggregate` writes it) or imputed (training mean, KNN mean of 10 neighbours). " f"Forests: {forests}.", "",
+            "`cohere complete` writes it) or imputed (training mean, KNN mean of 10 neighbours). " f"Forests: {forests}.", "",
             markdown_table(flat), "", "Ablation drop (ablated − full) and gain of each completion (completed − "
             "ablated), means over runs:", "", markdown_table(table), ""]
     if against_knn is not None and len(against_knn):
@@ -371,7 +372,8 @@ def write_report(out: Path, results: dict, meta: dict) -> Path:
     if results.get("downstream") is not None:
         from .experiments import completion_table
         parts.append(downstream_section(results["downstream"], completion_table(results["downstream"]), out, plt,
-                                        meta.get("forests", ""), results.get("downstream_ci")))
+                                        meta.get("forests", ""), results.get("downstream_ci"),
+                                        meta.get("plan", {}).get("completion_draws")))
     if results.get("counterfactual") is not None:
         parts.append(counterfactual_section(*results["counterfactual"], out, plt,
                                             meta.get("plan", {}).get("cf_modality", "")))
