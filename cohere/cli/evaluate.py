@@ -99,7 +99,7 @@ def _forests(trees: int, rsf_trees: int, seed: int):
 def downstream(cohort: Path = COHORT, models: Path = MODELS, out: Path = OUT, test_cohort: Optional[Path] = TEST,
                modalities: str = MODS, runs: int = _count(10, "Generation runs (single-draw completions)."),
                draws: int = _count(50, "Draws per generated cell (K), pooled by multiple imputation and by their "
-                                   "mean (cohere complete's default); at least --runs."),
+                                   "mean (cohere complete's default); raised to --runs if smaller."),
                trees: int = _count(500, "Trees of the stage classifier."),
                rsf_trees: int = _count(100, "Trees of the random survival forest."), seed: int = SEED):
     """Stage F1 and survival C-index with modalities removed, generated or imputed (Table 2)."""
