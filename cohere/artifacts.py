@@ -20,12 +20,16 @@ import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from safetensors import SafetensorError, safe_open
 
 from . import __version__, ids
 from .atomic import writing
 from .errors import CohereError
+
+if TYPE_CHECKING:  # type hints only: the CLI starts without torch
+    import torch
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
