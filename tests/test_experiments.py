@@ -255,20 +255,43 @@ def test_cli_evaluate_and_prioritize(setup, tmp_path, capsys):
     assert e.value.code == 1
 
 
-def test_the_reproduction_script_runs_on_a_models_folder(setup, tmp_path, monkeypatch):
-    """scripts/reproduce_paper.py end to end (its wiring: arguments, plan, report), on the tiny
-    models and the quick plan with the slow experiments skipped."""
+def load_script(name: str):
+    """scripts/<name>.py as a module."""
     import importlib.util
     from pathlib import Path
 
-    root, _ = setup
-    path = Path(__file__).resolve().parents[1] / "scripts" / "reproduce_paper.py"
-    spec = importlib.util.spec_from_file_location("reproduce_paper", path)
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
+    return script
+
+
+def test_the_reproduction_script_runs_on_a_models_folder(setup, tmp_path, monkeypatch):
+    """scripts/reproduce_paper.py end to end (its wiring: arguments, plan, report), on the tiny
+    models and the quick plan with the slow experiments skipped."""
+    root, _ = setup
+    script = load_script("reproduce_paper")
     out = tmp_path / "report"
     assert script.main(["--cohort", str(root / "cohort"), "--models", str(root / "models"), "--quick", "--out",
                         str(out), "--skip", "manifold,privacy,signal,downstream,counterfactual",
                         "--no-iterative"]) == 0
     text = (out / "report.md").read_text()
     assert "1. Reconstruction" in text and "quick" in text and "6. Privacy" not in text
+
+
+def test_the_fill_script_compares_point_fills_with_multiple_imputation(setup, tmp_path):
+    """scripts/completion_fill.py on the tiny models: one row per fill, and more neighbours
+    shrink a KNN fill further."""
+    root, _ = setup
+    script = load_script("completion_fill")
+    out = tmp_path / "fill.csv"
+    assert script.main(["--cohort", str(root / "cohort"), "--models", str(root / "models"), "--removed", "rnaseq",
+                        "--draws", "3", "--trees", "10", "--rsf-trees", "3", "--out", str(out)]) == 0
+    df = pd.read_csv(out).set_index("fill")
+    assert list(df.index) == ["KNN, 10 neighbours", "KNN, 50 neighbours", "ridge mean", "cohere, mean of 3 draws",
+                              "cohere, mean rescaled to the training SD", "cohere, MI pooled over 3 copies"]
+    share = df["variance share"]
+    assert share["KNN, 50 neighbours"] < share["KNN, 10 neighbours"]
+    assert share["cohere, mean of 3 draws"] < share["cohere, MI pooled over 3 copies"]  # a mean is narrower
+    assert df[["stage_f1", "os_cindex"]].apply(lambda c: c.between(0, 1).all()).all()
