@@ -209,7 +209,8 @@ def test_run_all_writes_the_report(data, tmp_path):
     from cohere.evaluation.experiments import ForestSettings
     from cohere.evaluation.pipeline import Plan, run_all
 
-    plan = Plan(draws=2, recon_draws=3, completion_draws=3, privacy_runs=1, privacy_reference=150, signal_trees=10,
+    plan = Plan(draws=2, recon_draws=3, completion_draws=3, resamples=100, privacy_runs=1, privacy_reference=150,
+                signal_trees=10,
                 forests=ForestSettings(rf_trees=10, rsf_trees=3), cf_repeats=1, cf_orders=2, iterative=False,
                 reducer="pca")
     run_all(data, tmp_path, plan, {"note": "test"}, log=lambda s: None)
@@ -236,6 +237,16 @@ def test_cli_evaluate_and_prioritize(setup, tmp_path, capsys):
         main(["evaluate", "reconstruction", "--cohort", str(root / "cohort"), "--models", str(root / "models"),
               "--out", str(tmp_path / "r"), "--draws", "2", "--no-iterative"])
     assert e.value.code == 0 and (tmp_path / "r" / "reconstruction.csv").is_file()
+    with pytest.raises(SystemExit) as e:  # --draws below --runs: raised to --runs
+        main(["evaluate", "downstream", "--cohort", str(root / "cohort"), "--models", str(root / "models"),
+              "--out", str(tmp_path / "d"), "--runs", "3", "--draws", "2", "--trees", "10", "--rsf-trees", "3",
+              "--resamples", "20"])
+    assert e.value.code == 0
+    report = (tmp_path / "d" / "report.md").read_text()
+    assert "with K = 3 draws per generated cell" in report and "percentile, 20 resamples" in report
+    runs = pd.read_csv(tmp_path / "d" / "downstream_runs.csv")
+    assert sorted(runs[(runs.removed == "rnaseq") & (runs.condition == "coherent")].run) == [0, 1, 2]
+    capsys.readouterr()
     with pytest.raises(SystemExit) as e:
         main(["prioritize", "--modality", "rnaseq", "--cohort", str(root / "cohort"), "--models",
               str(root / "models"), "--draws", "2", "--trees", "10", "--rsf-trees", "3", "--top", "5",
@@ -243,8 +254,6 @@ def test_cli_evaluate_and_prioritize(setup, tmp_path, capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "rank" in out and "score" in out
-    import pandas as pd
-
     ranking = pd.read_csv(tmp_path / "rank.csv")
     lacking = set(cohort.samples(["cna", "rppa"])) - set(cohort.tables["rnaseq"].index)
     assert set(ranking["sample"]) == lacking

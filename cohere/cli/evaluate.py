@@ -101,13 +101,15 @@ def downstream(cohort: Path = COHORT, models: Path = MODELS, out: Path = OUT, te
                draws: int = _count(50, "Draws per generated cell (K), pooled by multiple imputation and by their "
                                    "mean (cohere complete's default); raised to --runs if smaller."),
                trees: int = _count(500, "Trees of the stage classifier."),
-               rsf_trees: int = _count(100, "Trees of the random survival forest."), seed: int = SEED):
+               rsf_trees: int = _count(100, "Trees of the random survival forest."),
+               resamples: int = _count(2000, "Bootstrap resamples of the patients for the intervals against KNN."),
+               seed: int = SEED):
     """Stage F1 and survival C-index with modalities removed, generated or imputed (Table 2)."""
     from ..evaluation.pipeline import Plan
 
     _run(out, _data(out, cohort, models, test_cohort, modalities, seed),
-         Plan(draws=runs, completion_draws=max(draws, runs), forests=_forests(trees, rsf_trees, seed), seed=seed),
-         "downstream")
+         Plan(draws=runs, completion_draws=max(draws, runs), resamples=resamples,
+              forests=_forests(trees, rsf_trees, seed), seed=seed), "downstream")
 
 
 def counterfactual(cohort: Path = COHORT, models: Path = MODELS, out: Path = OUT, test_cohort: Optional[Path] = TEST,

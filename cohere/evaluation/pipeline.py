@@ -68,6 +68,7 @@ class Plan:
     recon_draws: int = 50  # draws per patient of the reconstruction table (coverage, R^2 of the mean of K)
     completion_draws: int = 50  # draws per generated cell of the downstream completions (cohere complete's default):
     # MI pooled over all of them and the mean of all of them; the single-draw runs are the first ``draws``
+    resamples: int = 2000  # paired bootstrap resamples of the test patients (downstream: generated minus KNN)
     privacy_runs: int = 10
     privacy_reference: int | None = 2000
     signal_trees: int = 500
@@ -129,7 +130,7 @@ def run_all(data: E.EvalData, out: str | Path, plan: Plan | None = None, context
                                                                     draws=plan.completion_draws))
     if results["downstream"] is not None:
         results["downstream_ci"] = timed("downstream intervals", lambda: E.completion_against_knn(
-            data, models, runs=plan.draws, seed=plan.seed, draws=plan.completion_draws))
+            data, models, runs=plan.draws, seed=plan.seed, draws=plan.completion_draws, n_resamples=plan.resamples))
     if plan.cf_modality in data.modalities:
         results["counterfactual"] = timed("counterfactual", lambda: E.counterfactual(
             data, models, plan.cf_modality, repeats=plan.cf_repeats, orders=plan.cf_orders, draws=plan.draws,

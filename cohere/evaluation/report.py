@@ -262,7 +262,8 @@ def signal_section(per_run: pd.DataFrame, summary: pd.DataFrame, out: Path, plt)
 
 
 def downstream_section(per_run: pd.DataFrame, table: pd.DataFrame, out: Path, plt, forests: str,
-                       against_knn: pd.DataFrame | None = None, draws: int | None = None) -> str:
+                       against_knn: pd.DataFrame | None = None, draws: int | None = None,
+                       resamples: int = 2000) -> str:
     per_run.to_csv(out / "downstream_runs.csv", index=False)
     table.to_csv(out / "downstream.csv", index=False)
     agg = per_run.groupby(["removed", "condition"], sort=False)[["stage_f1", "os_cindex"]].agg(["mean", "std"])
@@ -288,7 +289,7 @@ def downstream_section(per_run: pd.DataFrame, table: pd.DataFrame, out: Path, pl
                                 sort=False).reset_index().rename(columns={"stage_f1": "stage macro F1 − KNN",
                                                                           "os_cindex": "OS C-index − KNN"})
         text += ["Generated completion minus KNN imputation on the same patients, with a paired bootstrap 95% "
-                 "interval over the test patients (`scipy.stats.bootstrap`, percentile, 2,000 resamples of the "
+                 f"interval over the test patients (`scipy.stats.bootstrap`, percentile, {resamples:,} resamples of the "
                  "patients; the forests and the completions fixed). An interval that contains 0 is a difference "
                  "that the choice of test patients alone can produce:", "", markdown_table(wide), ""]
     if plt is not None:
@@ -373,7 +374,8 @@ def write_report(out: Path, results: dict, meta: dict) -> Path:
         from .experiments import completion_table
         parts.append(downstream_section(results["downstream"], completion_table(results["downstream"]), out, plt,
                                         meta.get("forests", ""), results.get("downstream_ci"),
-                                        meta.get("plan", {}).get("completion_draws")))
+                                        meta.get("plan", {}).get("completion_draws"),
+                                        meta.get("plan", {}).get("resamples", 2000)))
     if results.get("counterfactual") is not None:
         parts.append(counterfactual_section(*results["counterfactual"], out, plt,
                                             meta.get("plan", {}).get("cf_modality", "")))
