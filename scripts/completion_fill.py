@@ -23,13 +23,14 @@ import argparse
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from cohere.evaluation.baselines import KNNRegressorImputer, RidgeImputer
-from cohere.evaluation.experiments import DownstreamModels, EvalData, ForestSettings
+from cohere.evaluation.experiments import DownstreamModels, EvalData, ForestSettings, imputed
 
 SHARED = Path(os.environ.get("COHERE_SHARED_COHORT", Path(__file__).resolve().parents[2] / "shared" / "data" / "tcga-pancan"))
 
@@ -38,11 +39,9 @@ def fills(data: EvalData, removed: str, draws: int, seed: int) -> dict[str, np.n
     """{name: (n_test, d) fill of ``removed`` for the test patients, or a (K, n_test, d) stack
     for multiple imputation}."""
     kept = [m for m in data.modalities if m != removed]
-    X, Y = data.train_pairs(kept, removed)
-    Xt = data.test_matrix(kept)
-    out = {"KNN, 10 neighbours": KNNRegressorImputer(10).fit(X, Y).predict(Xt),
-           "KNN, 50 neighbours": KNNRegressorImputer(50).fit(X, Y).predict(Xt),
-           "ridge mean": RidgeImputer().fit(X, Y).predict(Xt)}
+    out = {name: imputed(data, kept, (removed,), imputer)[removed] for name, imputer in (
+        ("KNN, 10 neighbours", partial(KNNRegressorImputer, 10)), ("KNN, 50 neighbours", partial(KNNRegressorImputer, 50)),
+        ("ridge mean", RidgeImputer))}
     g = data.completed((removed,), "coherent", draws, seed)[removed]
     mean = g.mean(0)
     train = data.train[removed].to_numpy()

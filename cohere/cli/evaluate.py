@@ -108,7 +108,7 @@ def downstream(cohort: Path = COHORT, models: Path = MODELS, out: Path = OUT, te
     from ..evaluation.pipeline import Plan
 
     _run(out, _data(out, cohort, models, test_cohort, modalities, seed),
-         Plan(draws=runs, completion_draws=max(draws, runs), resamples=resamples,
+         Plan(draws=runs, completion_draws=draws, resamples=resamples,
               forests=_forests(trees, rsf_trees, seed), seed=seed), "downstream")
 
 

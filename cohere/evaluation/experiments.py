@@ -668,6 +668,12 @@ def imputed(data: EvalData, kept, removed, imputer) -> dict[str, np.ndarray]:
     return out
 
 
+def pooled_draws(runs: int, draws: int | None = None) -> int:
+    """The draws per generated cell that :func:`completion` pools: ``draws`` (default ``runs``),
+    at least ``runs``, since run k completes with draw k."""
+    return max(runs, draws or runs)
+
+
 def generated_completions(data: EvalData, models: DownstreamModels, base: dict, removed, method: str, draws: int,
                           seed: int) -> tuple[list[np.ndarray], np.ndarray]:
     """The test patients' features with ``base`` {m: latents} kept and ``removed`` completed by
@@ -690,7 +696,7 @@ def completion(data: EvalData, models: DownstreamModels, runs: int = 10, seed: i
     "mean of draws": completed once with the mean of the ``draws`` draws, which is what
     ``cohere complete`` writes), mean- and KNN-imputed (from the remaining ones), and cancer
     type only. One row per (removed, condition, run) with stage macro F1 and OS C-index."""
-    draws = max(runs, draws or runs)
+    draws = pooled_draws(runs, draws)
     ids = data.test_ids
     real = {m: data.test[m].to_numpy() for m in data.modalities}
     rows = [{"removed": "none", "condition": "full", "run": 0, **models.scores(models.features(real, ids))},
@@ -725,7 +731,7 @@ def completion_against_knn(data: EvalData, models: DownstreamModels, runs: int =
     imputation, in stage macro F1 and OS C-index, with paired bootstrap 95% intervals over the
     test patients (:meth:`DownstreamModels.paired_difference`). Reuses the completions that
     :func:`completion` generated (the same cache, runs, draws and seed)."""
-    draws = max(runs, draws or runs)
+    draws = pooled_draws(runs, draws)
     ids = data.test_ids
     real = {m: data.test[m].to_numpy() for m in data.modalities}
     rows = []

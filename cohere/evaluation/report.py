@@ -371,11 +371,12 @@ def write_report(out: Path, results: dict, meta: dict) -> Path:
     if results.get("signal") is not None:
         parts.append(signal_section(*results["signal"], out, plt))
     if results.get("downstream") is not None:
-        from .experiments import completion_table
+        from .experiments import completion_table, pooled_draws
+        plan = meta.get("plan", {})
         parts.append(downstream_section(results["downstream"], completion_table(results["downstream"]), out, plt,
                                         meta.get("forests", ""), results.get("downstream_ci"),
-                                        meta.get("plan", {}).get("completion_draws"),
-                                        meta.get("plan", {}).get("resamples", 2000)))
+                                        pooled_draws(plan.get("draws", 0), plan.get("completion_draws")) or None,
+                                        plan.get("resamples", 2000)))
     if results.get("counterfactual") is not None:
         parts.append(counterfactual_section(*results["counterfactual"], out, plt,
                                             meta.get("plan", {}).get("cf_modality", "")))
